@@ -1,0 +1,1 @@
+//! chatd (being written).

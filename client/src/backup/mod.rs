@@ -1,0 +1,1 @@
+//! Streaming encrypted backups (being written).

@@ -1,0 +1,6 @@
+//! # backup-client
+//!
+//! The reference client for E2EBK backups: connecting to chatd, vault
+//! tunnels and the OPAQUE flows, and the streaming encrypted backup engine.
+
+pub mod backup;

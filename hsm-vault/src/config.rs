@@ -1,0 +1,233 @@
+//! `hsm-vault` configuration: a TOML file, overridden by environment
+//! variables `HSM_VAULT_<SECTION>__<KEY>` (see `ops/config/vault.example.toml`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use service_kit::logging::LogFormat;
+
+/// Environment variable prefix for overrides.
+pub const ENV_PREFIX: &str = "HSM_VAULT_";
+/// Environment variable holding the user PIN when `hsm.pin_file` is unset.
+pub const PIN_ENV: &str = "HSM_VAULT_PIN";
+/// Environment variable holding the security officer PIN (key ceremony
+/// approval only) when `hsm.so_pin_file` is unset.
+pub const SO_PIN_ENV: &str = "HSM_VAULT_SO_PIN";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// This replica's name, in logs, metrics and `LinkWelcome`.
+    pub replica_id: String,
+    /// Folder for the store and the sealed fleet secrets. Relative paths in
+    /// this file are relative to the config file's folder.
+    pub data_dir: PathBuf,
+    /// Consecutive failed logins after which the escrowed key is erased.
+    pub max_attempts: u32,
+    /// Seconds a login may stay between KE2 and KE3.
+    pub login_timeout_secs: u64,
+    /// Worker threads that run the vault core (OPAQUE, HSM, commits) off
+    /// the async runtime.
+    pub workers: usize,
+    /// Requests that may wait for a worker before new ones are refused with
+    /// `overloaded`.
+    pub max_queued_requests: usize,
+    pub hsm: HsmConfig,
+    pub link: LinkConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HsmConfig {
+    /// Path of the PKCS#11 library (SoftHSM2 by default).
+    pub module: PathBuf,
+    /// Label of the token holding the master key.
+    pub token_label: String,
+    /// Label of the master key object.
+    pub key_label: String,
+    /// File holding the user PIN; when unset the PIN comes from
+    /// `HSM_VAULT_PIN`. Never a command-line argument.
+    pub pin_file: Option<PathBuf>,
+    /// File holding the security officer PIN, used only by
+    /// `hsm-vault keys approve`; else `HSM_VAULT_SO_PIN`.
+    pub so_pin_file: Option<PathBuf>,
+    /// Logged-in PKCS#11 sessions kept open (one per worker is enough).
+    pub sessions: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkConfig {
+    /// Address of the listener for chatd links.
+    pub listen: String,
+    /// chatd link public keys (hex) allowed to connect. Several allow key
+    /// rotation.
+    pub chatd_keys: Vec<String>,
+    /// Most tunnels open at once on one link.
+    pub max_tunnels_per_link: u32,
+    /// Seconds without a frame after which a tunnel is closed.
+    pub tunnel_idle_timeout_secs: u64,
+    /// Seconds a new link has to complete its handshake, and to deliver a
+    /// record once it started.
+    pub handshake_timeout_secs: u64,
+    /// Most links open at once.
+    pub max_links: usize,
+    /// Address chatd should use to reach this replica's link listener, if it
+    /// differs from `listen` (sent to chatd as a leader hint).
+    pub advertise: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener (`/metrics`, `/livez`, `/readyz`).
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `RUST_LOG`-style filter.
+    pub level: String,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            replica_id: "vault-1".into(),
+            data_dir: PathBuf::from("vault-data"),
+            max_attempts: 10,
+            login_timeout_secs: 60,
+            workers: 8,
+            max_queued_requests: 1024,
+            hsm: HsmConfig::default(),
+            link: LinkConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HsmConfig {
+    fn default() -> Self {
+        HsmConfig {
+            module: PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+            token_label: "e2ebk-vault".into(),
+            key_label: "e2ebk-master-v1".into(),
+            pin_file: None,
+            so_pin_file: None,
+            sessions: 8,
+        }
+    }
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            listen: "127.0.0.1:7100".into(),
+            chatd_keys: Vec::new(),
+            max_tunnels_per_link: 10_000,
+            tunnel_idle_timeout_secs: 120,
+            handshake_timeout_secs: 10,
+            max_links: 64,
+            advertise: None,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:7180".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl VaultConfig {
+    /// Loads the file (if any) and environment overrides, resolves relative
+    /// paths against the file's folder, and checks values.
+    pub fn load(path: Option<&Path>) -> Result<Self, crate::Error> {
+        let mut cfg: VaultConfig = service_kit::config::load(path, ENV_PREFIX)?;
+        let base = path
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        cfg.resolve_paths(&base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        if let Some(p) = self.hsm.pin_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.hsm.so_pin_file.as_mut() {
+            fix(p);
+        }
+    }
+
+    fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |m: String| crate::Error::Service(service_kit::Error::Config(m));
+        if self.max_attempts == 0 || self.max_attempts > 1000 {
+            return Err(bad("max_attempts must be between 1 and 1000".into()));
+        }
+        if self.workers == 0 || self.hsm.sessions == 0 {
+            return Err(bad("workers and hsm.sessions must be at least 1".into()));
+        }
+        if self.login_timeout_secs == 0 || self.link.tunnel_idle_timeout_secs == 0 {
+            return Err(bad("timeouts must be at least 1 second".into()));
+        }
+        for k in &self.link.chatd_keys {
+            protocol_spec::keys::PublicKey::from_hex(k)
+                .map_err(|_| bad(format!("link.chatd_keys: {k:?} is not 64 hex digits")))?;
+        }
+        Ok(())
+    }
+
+    /// Path of the sealed fleet secrets.
+    pub fn fleet_secrets_path(&self) -> PathBuf {
+        self.data_dir.join("fleet.sealed")
+    }
+
+    /// Path of the record store.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("vault.redb")
+    }
+
+    /// Reads the user PIN from `hsm.pin_file` or `HSM_VAULT_PIN`.
+    pub fn user_pin(&self) -> Result<zeroize::Zeroizing<String>, crate::Error> {
+        Ok(service_kit::secret::read(
+            self.hsm.pin_file.as_deref(),
+            PIN_ENV,
+            "HSM user PIN",
+        )?)
+    }
+
+    /// Reads the security officer PIN from `hsm.so_pin_file` or
+    /// `HSM_VAULT_SO_PIN`.
+    pub fn so_pin(&self) -> Result<zeroize::Zeroizing<String>, crate::Error> {
+        Ok(service_kit::secret::read(
+            self.hsm.so_pin_file.as_deref(),
+            SO_PIN_ENV,
+            "HSM security officer PIN",
+        )?)
+    }
+}
