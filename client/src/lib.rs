@@ -4,3 +4,8 @@
 //! tunnels and the OPAQUE flows, and the streaming encrypted backup engine.
 
 pub mod backup;
+pub mod connection;
+pub mod error;
+pub mod vault_flow;
+
+pub use error::ClientError;

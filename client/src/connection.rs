@@ -1,0 +1,275 @@
+//! A connection to chatd (SPEC.md section 4) and vault tunnels inside it
+//! (section 6), for one task at a time: open, request, close.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use protocol_spec::codes::{CloseCode, TunnelCloseCode};
+use protocol_spec::ids::{AccountId, EnrolmentCode, FleetId, TunnelId};
+use protocol_spec::keys::{PublicKey, StaticSecret};
+use protocol_spec::limits::MAX_VAULT_FRAME;
+use protocol_spec::messages::chatd::{ClientFrame, ClientHello, ServerFrame, ServerHello};
+use protocol_spec::messages::vault::{TunnelHello, VaultHello, VaultRequest, VaultResponse};
+use protocol_spec::messages::WireMessage;
+use protocol_spec::noise::{Initiator, Transport};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::error::ClientError;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// `ws://host:port` or `wss://host:port` (the path `/v1/connect` is added).
+    pub url: String,
+    /// chatd's static key, pinned.
+    pub chatd_key: PublicKey,
+    pub account: AccountId,
+}
+
+/// How long to wait for chatd and the vault before giving up (retryable).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An authenticated connection to chatd.
+pub struct Connection {
+    ws: Ws,
+    transport: Transport,
+    pub hello: ServerHello,
+    account: AccountId,
+    next_tunnel: u32,
+    pending: HashMap<TunnelId, VecDeque<ServerFrame>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Connection({})", self.account)
+    }
+}
+
+/// A tunnel to the vault fleet, end to end encrypted.
+pub struct VaultTunnel {
+    id: TunnelId,
+    transport: Transport,
+    pub hello: VaultHello,
+}
+
+impl std::fmt::Debug for VaultTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VaultTunnel({})", self.id)
+    }
+}
+
+fn url_of(base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    if base.ends_with("/v1/connect") {
+        base.to_owned()
+    } else {
+        format!("{base}/v1/connect")
+    }
+}
+
+impl Connection {
+    /// Connects, authenticates the device key and, with `enrolment_code`,
+    /// enrols it first.
+    pub async fn connect(
+        ep: &Endpoint,
+        device: &StaticSecret,
+        enrolment_code: Option<EnrolmentCode>,
+    ) -> Result<Self, ClientError> {
+        let url = url_of(&ep.url);
+        let config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .max_message_size(Some(64 * 1024));
+        let connect =
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+        let (mut ws, _) = tokio::time::timeout(REQUEST_TIMEOUT, connect)
+            .await
+            .map_err(|_| ClientError::Connect {
+                url: url.clone(),
+                reason: "timed out".into(),
+            })?
+            .map_err(|e| ClientError::Connect {
+                url: url.clone(),
+                reason: describe_ws_error(&e),
+            })?;
+        let hello = ClientHello {
+            account: ep.account.clone(),
+            enrolment_code,
+            client_software: concat!("backupctl/", env!("CARGO_PKG_VERSION")).into(),
+        };
+        let (m1, waiting) =
+            Initiator::client_chatd(device, &ep.chatd_key)?.write_first(&hello.encode())?;
+        ws.send(Message::Binary(m1.into()))
+            .await
+            .map_err(|_| ClientError::Dropped)?;
+        let m2 = next_binary(&mut ws).await?;
+        let (payload, transport) = waiting.read_response(&m2).map_err(|_| {
+            ClientError::Protocol(
+                "chatd's handshake did not verify: check the pinned chatd key".into(),
+            )
+        })?;
+        let hello = ServerHello::decode(&payload)?;
+        Ok(Connection {
+            ws,
+            transport,
+            hello,
+            account: ep.account.clone(),
+            next_tunnel: 1,
+            pending: HashMap::new(),
+        })
+    }
+
+    async fn send_frame(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
+        let sealed = self.transport.seal(&frame.encode())?;
+        self.ws
+            .send(Message::Binary(sealed.into()))
+            .await
+            .map_err(|_| ClientError::Dropped)
+    }
+
+    async fn next_for(&mut self, tunnel: TunnelId) -> Result<ServerFrame, ClientError> {
+        if let Some(f) = self.pending.get_mut(&tunnel).and_then(VecDeque::pop_front) {
+            return Ok(f);
+        }
+        loop {
+            let bytes = tokio::time::timeout(REQUEST_TIMEOUT, next_binary(&mut self.ws))
+                .await
+                .map_err(|_| ClientError::Dropped)??;
+            let max = self.hello.max_frame_len as usize;
+            let plain = self
+                .transport
+                .open(&bytes, max)
+                .map_err(|_| ClientError::Protocol("a frame from chatd did not decrypt".into()))?;
+            let frame = ServerFrame::decode(&plain)?;
+            if frame.tunnel() == tunnel {
+                return Ok(frame);
+            }
+            self.pending
+                .entry(frame.tunnel())
+                .or_default()
+                .push_back(frame);
+        }
+    }
+
+    /// Opens a tunnel to the vault fleet whose key is pinned, and checks
+    /// the fleet id it announces.
+    pub async fn open_tunnel(
+        &mut self,
+        fleet_key: &PublicKey,
+        fleet_id: &FleetId,
+    ) -> Result<VaultTunnel, ClientError> {
+        let id = TunnelId(self.next_tunnel);
+        self.next_tunnel += 1;
+        let (m1, waiting) =
+            Initiator::tunnel(fleet_key, &self.account)?.write_first(&TunnelHello.encode())?;
+        self.send_frame(&ClientFrame::TunnelOpen {
+            tunnel: id,
+            handshake: m1,
+        })
+        .await?;
+        match self.next_for(id).await? {
+            ServerFrame::TunnelData { payload, .. } => {
+                let (hello, transport) = waiting.read_response(&payload).map_err(|_| {
+                    ClientError::Protocol(
+                        "the vault's handshake did not verify: check the pinned fleet key".into(),
+                    )
+                })?;
+                let hello = VaultHello::decode(&hello)?;
+                if &hello.fleet_id != fleet_id {
+                    let _ = self.close_tunnel_id(id).await;
+                    return Err(ClientError::Protocol(format!(
+                        "the vault says it is fleet {:?}, not the configured {:?}",
+                        hello.fleet_id.as_str(),
+                        fleet_id.as_str()
+                    )));
+                }
+                Ok(VaultTunnel {
+                    id,
+                    transport,
+                    hello,
+                })
+            }
+            ServerFrame::TunnelClose { code, .. } => Err(ClientError::TunnelClosed(code)),
+        }
+    }
+
+    /// Sends one request and waits for its response.
+    pub async fn request(
+        &mut self,
+        t: &mut VaultTunnel,
+        req: &VaultRequest,
+    ) -> Result<VaultResponse, ClientError> {
+        let sealed = t.transport.seal(&req.encode())?;
+        self.send_frame(&ClientFrame::TunnelData {
+            tunnel: t.id,
+            payload: sealed,
+        })
+        .await?;
+        match self.next_for(t.id).await? {
+            ServerFrame::TunnelData { payload, .. } => {
+                let plain = t
+                    .transport
+                    .open(&payload, MAX_VAULT_FRAME)
+                    .map_err(|_| ClientError::Protocol("a vault frame did not decrypt".into()))?;
+                Ok(VaultResponse::decode(&plain)?)
+            }
+            ServerFrame::TunnelClose { code, .. } => Err(ClientError::TunnelClosed(code)),
+        }
+    }
+
+    async fn close_tunnel_id(&mut self, id: TunnelId) -> Result<(), ClientError> {
+        self.pending.remove(&id);
+        self.send_frame(&ClientFrame::TunnelClose {
+            tunnel: id,
+            code: TunnelCloseCode::Normal,
+        })
+        .await
+    }
+
+    /// Ends a tunnel (the vault abandons any login pending on it).
+    pub async fn close_tunnel(&mut self, t: VaultTunnel) -> Result<(), ClientError> {
+        self.close_tunnel_id(t.id).await
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
+    }
+}
+
+fn describe_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error as E;
+    match e {
+        E::Http(resp) => match resp.status().as_u16() {
+            429 => "too many connections from this address; wait and retry".into(),
+            503 => "chatd is draining or unavailable; retry shortly".into(),
+            404 => "chatd does not serve protocol v1 at this URL".into(),
+            s => format!("HTTP {s}"),
+        },
+        E::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The next binary message; a close frame becomes [`ClientError::Closed`].
+async fn next_binary(ws: &mut Ws) -> Result<Vec<u8>, ClientError> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => return Ok(b.to_vec()),
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return Err(match CloseCode::from_value(u16::from(frame.code)) {
+                    Some(c) => ClientError::Closed(c),
+                    None => ClientError::Dropped,
+                })
+            }
+            Some(Ok(Message::Close(None))) | None => return Err(ClientError::Dropped),
+            Some(Ok(_)) => continue, // pings are answered by the library
+            Some(Err(_)) => return Err(ClientError::Dropped),
+        }
+    }
+}
