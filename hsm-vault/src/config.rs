@@ -159,7 +159,8 @@ impl VaultConfig {
     /// Loads the file (if any) and environment overrides, resolves relative
     /// paths against the file's folder, and checks values.
     pub fn load(path: Option<&Path>) -> Result<Self, crate::Error> {
-        let mut cfg: VaultConfig = service_kit::config::load(path, ENV_PREFIX)?;
+        let mut cfg: VaultConfig =
+            service_kit::config::load(path, ENV_PREFIX, &["PIN", "SO_PIN", "CONFIG", "FAILPOINT"])?;
         let base = path
             .and_then(Path::parent)
             .map(Path::to_path_buf)

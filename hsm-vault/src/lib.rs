@@ -14,9 +14,17 @@
 //! - [`server`]: the chatd link listener (Noise_KK), tunnels (Noise_NK) and
 //!   the worker pool that keeps PKCS#11 calls off the async runtime.
 
+pub mod command;
 pub mod config;
+pub mod core;
+pub mod entropy;
 pub mod error;
 pub mod hsm;
+pub mod log;
+pub mod record;
 pub mod seal;
+pub mod secrets;
+pub mod server;
+pub mod store;
 
 pub use error::Error;

@@ -90,7 +90,11 @@ impl Sealer for SoftSealer {
         let mut buf = Zeroizing::new(sealed[SEAL_IV_LEN..].to_vec());
         let n = self
             .key
-            .open_in_place(Nonce::assume_unique_for_key(iv), Aad::from(aad), &mut buf[..])
+            .open_in_place(
+                Nonce::assume_unique_for_key(iv),
+                Aad::from(aad),
+                &mut buf[..],
+            )
             .map_err(|_| Error::Integrity)?
             .len();
         buf.truncate(n);
@@ -112,7 +116,10 @@ mod tests {
         let mut t = sealed.clone();
         t[14] ^= 1;
         assert!(matches!(s.unseal(b"ad", &t), Err(Error::Integrity)));
-        assert!(matches!(s.unseal(b"ad", &sealed[..10]), Err(Error::Integrity)));
+        assert!(matches!(
+            s.unseal(b"ad", &sealed[..10]),
+            Err(Error::Integrity)
+        ));
         assert!(!String::from_utf8_lossy(&sealed).contains("secret"));
     }
 }

@@ -116,6 +116,9 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
         (StatusCode::OK, "ready\n".into())
     } else {
         let reason = *s.health.reason.lock();
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n"))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
     }
 }

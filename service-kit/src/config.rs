@@ -14,8 +14,10 @@ use serde::Serialize;
 use crate::Error;
 
 /// Loads `T` from its defaults, the TOML file at `path` (if given; it must
-/// exist), and environment variables starting with `env_prefix`.
-pub fn load<T>(path: Option<&Path>, env_prefix: &str) -> Result<T, Error>
+/// exist), and environment variables starting with `env_prefix`, except the
+/// ones named in `not_config` (secrets and switches that share the prefix,
+/// like `PIN`).
+pub fn load<T>(path: Option<&Path>, env_prefix: &str, not_config: &[&str]) -> Result<T, Error>
 where
     T: DeserializeOwned + Serialize + Default,
 {
@@ -26,7 +28,12 @@ where
         }
         fig = fig.merge(Toml::file_exact(p));
     }
-    fig = fig.merge(Env::prefixed(env_prefix).split("__"));
+    let ignored: Vec<String> = not_config.iter().map(|k| k.to_ascii_lowercase()).collect();
+    fig = fig.merge(
+        Env::prefixed(env_prefix)
+            .filter(move |k| !ignored.iter().any(|i| k.as_str().eq_ignore_ascii_case(i)))
+            .split("__"),
+    );
     fig.extract().map_err(|e| Error::Config(e.to_string()))
 }
 
@@ -36,6 +43,7 @@ mod tests {
     use serde::Deserialize;
 
     #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
     struct Conf {
         name: String,
         inner: Inner,
@@ -58,26 +66,35 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API, test only
     fn file_then_env() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "name = \"file\"\n[inner]\nport = 2\n").unwrap();
-        let c: Conf = load(Some(&p), "SKTEST_NONE_").unwrap();
+        let c: Conf = load(Some(&p), "SKTEST_NONE_", &[]).unwrap();
         assert_eq!(c.name, "file");
         assert_eq!(c.inner.port, 2);
         figment::Jail::expect_with(|jail| {
             jail.set_env("SKTEST_INNER__PORT", "3");
             jail.set_env("SKTEST_INNER__KEYS", "[\"a\", \"b\"]");
-            let c: Conf = load(Some(&p), "SKTEST_").unwrap();
+            jail.set_env("SKTEST_PIN", "1234");
+            assert!(
+                load::<Conf>(Some(&p), "SKTEST_", &[]).is_err(),
+                "unknown keys refused"
+            );
+            let c: Conf = load(Some(&p), "SKTEST_", &["PIN"]).unwrap();
             assert_eq!(c.inner.port, 3);
             assert_eq!(c.inner.keys, vec!["a", "b"]);
             Ok(())
         });
         assert!(matches!(
-            load::<Conf>(Some(&dir.path().join("missing.toml")), "X_"),
+            load::<Conf>(Some(&dir.path().join("missing.toml")), "X_", &[]),
             Err(Error::ConfigMissing(_))
         ));
         std::fs::write(&p, "name = 5\n").unwrap();
-        assert!(matches!(load::<Conf>(Some(&p), "X_"), Err(Error::Config(_))));
+        assert!(matches!(
+            load::<Conf>(Some(&p), "X_", &[]),
+            Err(Error::Config(_))
+        ));
     }
 }

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod backoff;
 pub mod config;
 pub mod logging;
+pub mod records;
 pub mod secret;
 pub mod shutdown;
 
@@ -21,10 +22,7 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("{what}: {reason}")]
-    Secret {
-        what: &'static str,
-        reason: String,
-    },
+    Secret { what: &'static str, reason: String },
     #[error("cannot install the metrics recorder: {0}")]
     Metrics(String),
     #[error("cannot bind {addr}: {source}")]

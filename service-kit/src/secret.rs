@@ -9,7 +9,11 @@ use crate::Error;
 
 /// Reads a secret from `file` if given, else from the environment variable
 /// `env_var`. Surrounding whitespace (a trailing newline) is removed.
-pub fn read(file: Option<&Path>, env_var: &str, what: &'static str) -> Result<Zeroizing<String>, Error> {
+pub fn read(
+    file: Option<&Path>,
+    env_var: &str,
+    what: &'static str,
+) -> Result<Zeroizing<String>, Error> {
     let raw = if let Some(path) = file {
         Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::Secret {
             what,
@@ -21,7 +25,9 @@ pub fn read(file: Option<&Path>, env_var: &str, what: &'static str) -> Result<Ze
             Err(_) => {
                 return Err(Error::Secret {
                     what,
-                    reason: format!("set a file in the configuration or the environment variable {env_var}"),
+                    reason: format!(
+                        "set a file in the configuration or the environment variable {env_var}"
+                    ),
                 })
             }
         }
@@ -45,8 +51,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pin");
         std::fs::write(&p, "1234\n").unwrap();
-        assert_eq!(read(Some(&p), "SK_UNSET_PIN", "HSM PIN").unwrap().as_str(), "1234");
-        let e = read(None, "SK_UNSET_PIN_XYZ", "HSM PIN").unwrap_err().to_string();
+        assert_eq!(
+            read(Some(&p), "SK_UNSET_PIN", "HSM PIN").unwrap().as_str(),
+            "1234"
+        );
+        let e = read(None, "SK_UNSET_PIN_XYZ", "HSM PIN")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("SK_UNSET_PIN_XYZ"), "{e}");
         std::fs::write(&p, "  \n").unwrap();
         assert!(read(Some(&p), "X", "HSM PIN").is_err());

@@ -19,8 +19,10 @@ pub fn listen() -> watch::Receiver<Shutdown> {
     let (tx, rx) = watch::channel(Shutdown::Running);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers; shutdown only by kill -9");
             return;
         };

@@ -4,6 +4,8 @@
 //! temporary folders, locating the workspace's built binaries, spawning real
 //! processes on loopback, free ports, and scanning files for secret bytes.
 
+#![allow(missing_debug_implementations, clippy::unwrap_used)]
+
 pub mod softhsm;
 
 use std::path::PathBuf;
@@ -37,4 +39,68 @@ pub fn bin(name: &str) -> PathBuf {
 /// Finds `needle` in `haystack`, for scanning files and logs for secrets.
 pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+pub mod chatd;
+pub mod link;
+pub mod tap;
+pub mod vault;
+
+/// A value unique within this machine, for file names.
+pub fn unique() -> u128 {
+    vault::unique_impl()
+}
+
+/// Random bytes from the OS.
+pub fn fill_random(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .expect("/dev/urandom");
+}
+
+/// A TCP port free right now on 127.0.0.1 (for servers that must restart on
+/// the same port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A minimal HTTP/1.1 GET for admin endpoints; returns (status, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        .expect("connect to admin listener");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Value of an unlabelled Prometheus metric (or a labelled one, given the
+/// full `name{labels}` prefix) in a `/metrics` body; 0 if absent.
+pub fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(k, _)| *k == name)
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
 }

@@ -1,0 +1,114 @@
+//! State changes as commands: the only way the vault's durable state moves.
+//!
+//! Commands are deterministic to apply (no HSM, clock or randomness: the
+//! leader seals before proposing), so the same byte sequence yields the same
+//! state on every replica. The single-node log applies them directly; the
+//! replicated log puts the same bytes through Raft.
+//!
+//! There is one command, a compare-and-set of one account's record. Every
+//! operation (count an attempt, reset, register, erase, delete) is a
+//! `PutRecord` whose `expected_version` is the version the leader read, so
+//! two concurrent changes can never both apply: the second sees
+//! [`ApplyOutcome::Conflict`] and re-reads.
+
+use protocol_spec::frame::Reader;
+use protocol_spec::ids::AccountId;
+
+use crate::record::StoredRecord;
+use crate::Error;
+
+const COMMAND_FORMAT: u8 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Writes `record` for `account` if its current version is
+    /// `expected_version` (0: no record yet). `record.version` must be
+    /// `expected_version + 1`.
+    PutRecord {
+        account: AccountId,
+        expected_version: u64,
+        record: StoredRecord,
+    },
+}
+
+/// How the state machine applied a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    Applied,
+    /// The record had moved on; nothing was written.
+    Conflict {
+        current_version: u64,
+    },
+}
+
+impl Command {
+    /// Versioned binary form, as stored in logs and sent between replicas.
+    pub fn encode(&self) -> Vec<u8> {
+        let Command::PutRecord {
+            account,
+            expected_version,
+            record,
+        } = self;
+        let stored = record.encode();
+        let mut out = Vec::with_capacity(2 + 1 + account.as_bytes().len() + 8 + stored.len());
+        out.push(COMMAND_FORMAT);
+        out.push(1); // PutRecord
+        out.extend_from_slice(&account.length_prefixed());
+        out.extend_from_slice(&expected_version.to_be_bytes());
+        out.extend_from_slice(&stored);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        let mut r = Reader::new(bytes);
+        let corrupt = |_| Error::Corrupt("command");
+        if r.u8().map_err(corrupt)? != COMMAND_FORMAT {
+            return Err(Error::Corrupt("unknown command format"));
+        }
+        match r.u8().map_err(corrupt)? {
+            1 => {
+                let len = r.u8().map_err(corrupt)? as usize;
+                let account = std::str::from_utf8(r.take(len).map_err(corrupt)?)
+                    .map_err(|_| Error::Corrupt("command account"))?;
+                let account =
+                    AccountId::new(account).map_err(|_| Error::Corrupt("command account"))?;
+                let expected_version = u64::from_be_bytes(r.array().map_err(corrupt)?);
+                let record = StoredRecord::decode(r.take(r.remaining()).map_err(corrupt)?)?;
+                if record.version != expected_version.wrapping_add(1) {
+                    return Err(Error::Corrupt("command version"));
+                }
+                Ok(Command::PutRecord {
+                    account,
+                    expected_version,
+                    record,
+                })
+            }
+            _ => Err(Error::Corrupt("unknown command")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let c = Command::PutRecord {
+            account: AccountId::new("+1555").unwrap(),
+            expected_version: 7,
+            record: StoredRecord {
+                version: 8,
+                sealed: vec![1, 2, 3],
+            },
+        };
+        assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+        let mut bad = c.encode();
+        bad[0] = 9;
+        assert!(Command::decode(&bad).is_err());
+        let mut bad = c.encode();
+        let n = bad.len();
+        bad[n - 4] ^= 1; // record version no longer expected + 1
+        assert!(Command::decode(&bad).is_err());
+    }
+}
