@@ -1,0 +1,417 @@
+//! The account directory: which device keys may act for which account, and
+//! the one-time enrolment codes that let a new device enrol.
+//!
+//! [`Directory`] is the trait the connection code uses, so a shared
+//! database can back it later. [`SqliteDirectory`] is the embedded
+//! implementation: SQLite in WAL mode with full fsync, chosen over a
+//! single-process store because several chatd processes can share one port
+//! (SO_REUSEPORT) and one directory file, and the `chatd accounts` commands
+//! edit it while chatd runs.
+//!
+//! Enrolment codes are stored only as SHA-256 of their normalised form
+//! (codes carry ≥ 100 bits of entropy, so a plain hash suffices); each is
+//! single-use and expires.
+
+use std::path::Path;
+
+use parking_lot::Mutex;
+use protocol_spec::ids::{AccountId, EnrolmentCode};
+use protocol_spec::keys::PublicKey;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// A device key's standing for an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStatus {
+    Enrolled,
+    Revoked,
+    Unknown,
+}
+
+/// Result of trying an enrolment code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrolment {
+    Enrolled,
+    /// No such code for this account, already used, or expired.
+    Rejected,
+    /// The device key was revoked for this account; it cannot come back.
+    DeviceRevoked,
+}
+
+/// One account, for listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountSummary {
+    pub account: String,
+    pub created_at: i64,
+    pub devices_enrolled: u32,
+    pub devices_revoked: u32,
+    pub pending_codes: u32,
+}
+
+/// One device, for listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceSummary {
+    pub device_key: String,
+    pub enrolled_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+use serde::Serialize;
+
+/// What connection handling needs from the directory. Calls block (disk):
+/// run them off the async workers.
+pub trait Directory: Send + Sync {
+    fn device_status(&self, account: &AccountId, device: &PublicKey)
+        -> Result<DeviceStatus, Error>;
+    /// Atomically consumes `code` for `account` and enrols `device`.
+    fn enrol(
+        &self,
+        account: &AccountId,
+        device: &PublicKey,
+        code: &EnrolmentCode,
+        now: i64,
+    ) -> Result<Enrolment, Error>;
+}
+
+/// SHA-256 of the normalised code, hex.
+pub fn code_hash(code: &EnrolmentCode) -> String {
+    hex::encode(Sha256::digest(code.normalized().as_bytes()))
+}
+
+/// Crockford base32 without ambiguous letters; 20 symbols = 100 bits.
+const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// A fresh enrolment code: 20 random base32 symbols in groups of four.
+pub fn new_code() -> Result<EnrolmentCode, Error> {
+    let mut raw = [0u8; 20];
+    getrandom::fill(&mut raw).map_err(|e| Error::Directory(format!("no randomness: {e}")))?;
+    let symbols: Vec<String> = raw
+        .chunks(4)
+        .map(|g| {
+            g.iter()
+                .map(|b| CODE_ALPHABET[(*b & 31) as usize] as char)
+                .collect()
+        })
+        .collect();
+    EnrolmentCode::new(symbols.join("-")).map_err(|e| Error::Directory(e.to_string()))
+}
+
+/// The SQLite-backed directory.
+pub struct SqliteDirectory {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteDirectory")
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> Error {
+    Error::Directory(e.to_string())
+}
+
+impl SqliteDirectory {
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::Directory(format!("{}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| Error::Directory(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             CREATE TABLE IF NOT EXISTS accounts (
+                 account    TEXT PRIMARY KEY,
+                 created_at INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS devices (
+                 account     TEXT NOT NULL REFERENCES accounts(account),
+                 device_key  TEXT NOT NULL,
+                 enrolled_at INTEGER NOT NULL,
+                 revoked_at  INTEGER,
+                 PRIMARY KEY (account, device_key)
+             );
+             CREATE TABLE IF NOT EXISTS enrolment_codes (
+                 code_hash  TEXT PRIMARY KEY,
+                 account    TEXT NOT NULL REFERENCES accounts(account),
+                 created_at INTEGER NOT NULL,
+                 expires_at INTEGER NOT NULL,
+                 used_at    INTEGER,
+                 used_by    TEXT
+             );",
+        )
+        .map_err(|e| Error::Directory(format!("{}: {e}", path.display())))?;
+        Ok(SqliteDirectory {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Creates an account; `false` if it existed.
+    pub fn add_account(&self, account: &AccountId, now: i64) -> Result<bool, Error> {
+        let n = self
+            .conn
+            .lock()
+            .execute(
+                "INSERT OR IGNORE INTO accounts (account, created_at) VALUES (?1, ?2)",
+                params![account.as_str(), now],
+            )
+            .map_err(db_err)?;
+        Ok(n == 1)
+    }
+
+    /// Issues a one-time code for `account` (creating the account if
+    /// needed), valid for `ttl_secs`. Only its hash is stored.
+    pub fn invite(
+        &self,
+        account: &AccountId,
+        now: i64,
+        ttl_secs: i64,
+    ) -> Result<EnrolmentCode, Error> {
+        let code = new_code()?;
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(db_err)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO accounts (account, created_at) VALUES (?1, ?2)",
+            params![account.as_str(), now],
+        )
+        .map_err(db_err)?;
+        tx.execute(
+            "INSERT INTO enrolment_codes (code_hash, account, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![code_hash(&code), account.as_str(), now, now + ttl_secs],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(code)
+    }
+
+    /// Revokes one device, or every device of the account; returns how many
+    /// were revoked now. Unused codes of the account are cancelled too when
+    /// revoking every device.
+    pub fn revoke(
+        &self,
+        account: &AccountId,
+        device: Option<&PublicKey>,
+        now: i64,
+    ) -> Result<usize, Error> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(db_err)?;
+        let n = match device {
+            Some(d) => tx
+                .execute(
+                    "UPDATE devices SET revoked_at = ?3 WHERE account = ?1 AND device_key = ?2 AND revoked_at IS NULL",
+                    params![account.as_str(), d.to_hex(), now],
+                )
+                .map_err(db_err)?,
+            None => {
+                tx.execute(
+                    "UPDATE enrolment_codes SET expires_at = ?2 WHERE account = ?1 AND used_at IS NULL AND expires_at > ?2",
+                    params![account.as_str(), now],
+                )
+                .map_err(db_err)?;
+                tx.execute(
+                    "UPDATE devices SET revoked_at = ?2 WHERE account = ?1 AND revoked_at IS NULL",
+                    params![account.as_str(), now],
+                )
+                .map_err(db_err)?
+            }
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(n)
+    }
+
+    pub fn accounts(&self, now: i64) -> Result<Vec<AccountSummary>, Error> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT a.account, a.created_at,
+                   (SELECT COUNT(*) FROM devices d WHERE d.account = a.account AND d.revoked_at IS NULL),
+                   (SELECT COUNT(*) FROM devices d WHERE d.account = a.account AND d.revoked_at IS NOT NULL),
+                   (SELECT COUNT(*) FROM enrolment_codes c WHERE c.account = a.account AND c.used_at IS NULL AND c.expires_at > ?1)
+                 FROM accounts a ORDER BY a.account",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![now], |r| {
+                Ok(AccountSummary {
+                    account: r.get(0)?,
+                    created_at: r.get(1)?,
+                    devices_enrolled: r.get(2)?,
+                    devices_revoked: r.get(3)?,
+                    pending_codes: r.get(4)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+    }
+
+    pub fn devices(&self, account: &AccountId) -> Result<Vec<DeviceSummary>, Error> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare("SELECT device_key, enrolled_at, revoked_at FROM devices WHERE account = ?1 ORDER BY enrolled_at")
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![account.as_str()], |r| {
+                Ok(DeviceSummary {
+                    device_key: r.get(0)?,
+                    enrolled_at: r.get(1)?,
+                    revoked_at: r.get(2)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+    }
+}
+
+impl Directory for SqliteDirectory {
+    fn device_status(
+        &self,
+        account: &AccountId,
+        device: &PublicKey,
+    ) -> Result<DeviceStatus, Error> {
+        let conn = self.conn.lock();
+        let row: Option<Option<i64>> = conn
+            .query_row(
+                "SELECT revoked_at FROM devices WHERE account = ?1 AND device_key = ?2",
+                params![account.as_str(), device.to_hex()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        Ok(match row {
+            None => DeviceStatus::Unknown,
+            Some(None) => DeviceStatus::Enrolled,
+            Some(Some(_)) => DeviceStatus::Revoked,
+        })
+    }
+
+    fn enrol(
+        &self,
+        account: &AccountId,
+        device: &PublicKey,
+        code: &EnrolmentCode,
+        now: i64,
+    ) -> Result<Enrolment, Error> {
+        let mut conn = self.conn.lock();
+        // IMMEDIATE takes the write lock up front, so two processes cannot
+        // both see the code unused.
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let hash = code_hash(code);
+        let row: Option<(String, i64, Option<i64>)> = tx
+            .query_row(
+                "SELECT account, expires_at, used_at FROM enrolment_codes WHERE code_hash = ?1",
+                params![hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        match row {
+            Some((acct, expires_at, None)) if acct == account.as_str() && expires_at > now => {}
+            _ => return Ok(Enrolment::Rejected),
+        }
+        let revoked: Option<Option<i64>> = tx
+            .query_row(
+                "SELECT revoked_at FROM devices WHERE account = ?1 AND device_key = ?2",
+                params![account.as_str(), device.to_hex()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        if let Some(Some(_)) = revoked {
+            return Ok(Enrolment::DeviceRevoked);
+        }
+        tx.execute(
+            "UPDATE enrolment_codes SET used_at = ?2, used_by = ?3 WHERE code_hash = ?1",
+            params![hash, now, device.to_hex()],
+        )
+        .map_err(db_err)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO devices (account, device_key, enrolled_at) VALUES (?1, ?2, ?3)",
+            params![account.as_str(), device.to_hex(), now],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(Enrolment::Enrolled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol_spec::keys::StaticSecret;
+
+    fn dev(b: u8) -> PublicKey {
+        StaticSecret::from_bytes([b; 32]).public_key()
+    }
+
+    #[test]
+    fn codes_are_single_use_scoped_and_expiring() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = SqliteDirectory::open(&dir.path().join("d.sqlite")).unwrap();
+        let alice = AccountId::new("alice").unwrap();
+        let bob = AccountId::new("bob").unwrap();
+        let code = d.invite(&alice, 1000, 60).unwrap();
+        assert_eq!(code.expose().len(), 24);
+        assert_eq!(
+            d.device_status(&alice, &dev(1)).unwrap(),
+            DeviceStatus::Unknown
+        );
+        // Wrong account, then right account, then reuse.
+        d.add_account(&bob, 1000).unwrap();
+        assert_eq!(
+            d.enrol(&bob, &dev(1), &code, 1001).unwrap(),
+            Enrolment::Rejected
+        );
+        let typed = EnrolmentCode::new(code.expose().to_lowercase().replace('-', " ")).unwrap();
+        assert_eq!(
+            d.enrol(&alice, &dev(1), &typed, 1001).unwrap(),
+            Enrolment::Enrolled
+        );
+        assert_eq!(
+            d.device_status(&alice, &dev(1)).unwrap(),
+            DeviceStatus::Enrolled
+        );
+        assert_eq!(
+            d.enrol(&alice, &dev(2), &code, 1002).unwrap(),
+            Enrolment::Rejected
+        );
+        // Expiry.
+        let late = d.invite(&alice, 1000, 60).unwrap();
+        assert_eq!(
+            d.enrol(&alice, &dev(3), &late, 1061).unwrap(),
+            Enrolment::Rejected
+        );
+        // Revocation sticks, even with a fresh code.
+        assert_eq!(d.revoke(&alice, Some(&dev(1)), 2000).unwrap(), 1);
+        assert_eq!(
+            d.device_status(&alice, &dev(1)).unwrap(),
+            DeviceStatus::Revoked
+        );
+        let again = d.invite(&alice, 2000, 60).unwrap();
+        assert_eq!(
+            d.enrol(&alice, &dev(1), &again, 2001).unwrap(),
+            Enrolment::DeviceRevoked
+        );
+        let list = d.accounts(2001).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].devices_revoked, 1);
+        assert_eq!(d.devices(&alice).unwrap().len(), 1);
+        // Nothing but the hash is stored.
+        let raw = std::fs::read(dir.path().join("d.sqlite")).unwrap();
+        let wal = std::fs::read(dir.path().join("d.sqlite-wal")).unwrap_or_default();
+        for bytes in [raw, wal] {
+            assert!(!testkit::contains_bytes(
+                &bytes,
+                code.normalized().as_bytes()
+            ));
+        }
+    }
+}
