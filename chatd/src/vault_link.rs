@@ -279,7 +279,7 @@ async fn manage(
         };
         let Some(pool) = pool else {
             metrics::counter!("chatd_vault_link_failures_total").increment(1);
-            let delay = backoff.next_delay();
+            let delay = service_kit::backoff::next_delay(&mut backoff);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => continue,
                 _ = shutdown.wait_for(|l| *l == Shutdown::Fast) => return,

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod messages;
 pub mod noise;
 pub mod opaque;
+pub mod retry;
 pub mod root_key;
 
 mod pb {
