@@ -95,6 +95,7 @@ pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
         admin,
         health.clone(),
         metrics,
+        axum::Router::new(),
         async move { service_kit::shutdown::reached(&mut admin_shutdown, Shutdown::Fast).await },
     ));
     health.set_ready();

@@ -32,7 +32,7 @@ pub enum Command {
 }
 
 /// How the state machine applied a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ApplyOutcome {
     Applied,
     /// The record had moved on; nothing was written.
@@ -88,6 +88,40 @@ impl Command {
     }
 }
 
+// In the replicated log a command travels as its own versioned bytes, so
+// the log format is this module's, not a serde derivation's.
+impl serde::Serialize for Command {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.encode())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Command {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Command;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an encoded vault command")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Command, E> {
+                Command::decode(v).map_err(|e| E::custom(e.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Command, A::Error> {
+                let mut bytes = Vec::new();
+                while let Some(b) = seq.next_element::<u8>()? {
+                    bytes.push(b);
+                }
+                self.visit_bytes(&bytes)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +137,8 @@ mod tests {
             },
         };
         assert_eq!(Command::decode(&c.encode()).unwrap(), c);
+        let wire = postcard::to_allocvec(&c).unwrap();
+        assert_eq!(postcard::from_bytes::<Command>(&wire).unwrap(), c);
         let mut bad = c.encode();
         bad[0] = 9;
         assert!(Command::decode(&bad).is_err());

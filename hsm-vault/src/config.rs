@@ -35,7 +35,46 @@ pub struct VaultConfig {
     pub hsm: HsmConfig,
     pub link: LinkConfig,
     pub admin: AdminConfig,
+    pub raft: RaftConfig,
     pub log: LogConfig,
+}
+
+/// Replication. Without `node_id` the vault runs single-node, committing to
+/// its own fsynced store; with it, it is a member of a Raft group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// This replica's id in the group (stable forever; never reuse one).
+    pub node_id: Option<u64>,
+    /// Listener for the other replicas.
+    pub listen: String,
+    /// Address the others use to reach `listen`, if different.
+    pub advertise: Option<String>,
+    /// Source address for connections to other replicas (optional).
+    pub bind_source: Option<String>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries (and purge the log).
+    pub snapshot_every: u64,
+    /// Seconds a read or commit may wait for the majority.
+    pub commit_timeout_secs: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            node_id: None,
+            listen: "127.0.0.1:7200".into(),
+            advertise: None,
+            bind_source: None,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_every: 5000,
+            commit_timeout_secs: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +145,7 @@ impl Default for VaultConfig {
             hsm: HsmConfig::default(),
             link: LinkConfig::default(),
             admin: AdminConfig::default(),
+            raft: RaftConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -195,6 +235,17 @@ impl VaultConfig {
         }
         if self.login_timeout_secs == 0 || self.link.tunnel_idle_timeout_secs == 0 {
             return Err(bad("timeouts must be at least 1 second".into()));
+        }
+        let r = &self.raft;
+        if r.node_id.is_some()
+            && (r.heartbeat_ms == 0
+                || r.election_timeout_min_ms <= r.heartbeat_ms
+                || r.election_timeout_max_ms <= r.election_timeout_min_ms)
+        {
+            return Err(bad(
+                "raft: need 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms"
+                    .into(),
+            ));
         }
         for k in &self.link.chatd_keys {
             protocol_spec::keys::PublicKey::from_hex(k)

@@ -21,6 +21,7 @@ pub mod entropy;
 pub mod error;
 pub mod hsm;
 pub mod log;
+pub mod raft;
 pub mod record;
 pub mod seal;
 pub mod secrets;

@@ -88,6 +88,45 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Replication membership: talk to a running replica's admin listener.
+    ///
+    /// A group starts with `init` on one replica; every other replica (same master key and
+    /// fleet.sealed, its own raft.node_id) joins with `add-learner`, catches up, and becomes
+    /// a voter with `promote`. Changes go to the leader (followed automatically).
+    Cluster {
+        /// Admin listener to talk to (default: this config's admin.listen).
+        #[arg(long, value_name = "HOST:PORT", global = true)]
+        admin: Option<String>,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Start a group of one: this replica becomes its first voter (once, on one replica).
+    Init,
+    /// Add the replica whose admin listener is NODE as a learner; waits until it caught up.
+    AddLearner {
+        /// The new replica's admin listener (it reports its id and addresses).
+        #[arg(long, value_name = "HOST:PORT")]
+        node: String,
+    },
+    /// Make learner NODE_ID a voter.
+    Promote {
+        #[arg(long)]
+        node_id: u64,
+    },
+    /// Remove NODE_ID from the group.
+    Remove {
+        #[arg(long)]
+        node_id: u64,
+    },
+    /// Term, leader, log indices and members.
+    Status {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -184,7 +223,74 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             service_kit::logging::init(cfg.log.format, "warn");
             keys(&cfg, command)
         }
+        Command::Cluster { admin, command } => cluster(admin.unwrap_or(cfg.admin.listen), command),
     }
+}
+
+fn cluster(admin_addr: String, command: ClusterCommand) -> anyhow::Result<()> {
+    use hsm_vault::raft::admin::request;
+    let call = |method: &str, path: &str, body: Option<serde_json::Value>| {
+        request(&admin_addr, method, path, body.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    match command {
+        ClusterCommand::Init => {
+            call("POST", "/cluster/init", None)?;
+            println!("Group initialised with this replica as its only voter. Add others with `cluster add-learner`.");
+        }
+        ClusterCommand::AddLearner { node } => {
+            let who = request(&node, "GET", "/cluster/self", None)
+                .map_err(|e| anyhow::anyhow!("cannot ask {node} who it is: {e}"))?;
+            let id = who["node_id"].as_u64().unwrap_or(0);
+            call("POST", "/cluster/add-learner", Some(who))?;
+            println!("Node {id} added as a learner and caught up. Make it a voter with `cluster promote --node-id {id}`.");
+        }
+        ClusterCommand::Promote { node_id } => {
+            let v = call(
+                "POST",
+                "/cluster/promote",
+                Some(serde_json::json!({ "node_id": node_id })),
+            )?;
+            println!("Node {node_id} is a voter. Voters now: {}", v["voters"]);
+        }
+        ClusterCommand::Remove { node_id } => {
+            let v = call(
+                "POST",
+                "/cluster/remove",
+                Some(serde_json::json!({ "node_id": node_id })),
+            )?;
+            println!("Node {node_id} removed. Voters now: {}", v["voters"]);
+        }
+        ClusterCommand::Status { output } => {
+            let v = call("GET", "/cluster/status", None)?;
+            match output {
+                Output::Json => println!("{v}"),
+                Output::Text => {
+                    println!(
+                        "node {} is {} in term {}",
+                        v["node_id"],
+                        v["state"].as_str().unwrap_or("?"),
+                        v["term"]
+                    );
+                    println!("leader            {}", v["leader"]);
+                    println!("last log index    {}", v["last_log_index"]);
+                    println!("last applied      {}", v["last_applied_index"]);
+                    println!("voters            {}", v["voters"]);
+                    println!("learners          {}", v["learners"]);
+                    if let Some(nodes) = v["nodes"].as_object() {
+                        for (id, n) in nodes {
+                            println!(
+                                "  node {id}: raft {} link {} admin {}",
+                                n["raft_addr"].as_str().unwrap_or("?"),
+                                n["link_addr"].as_str().unwrap_or("?"),
+                                n["admin_addr"].as_str().unwrap_or("?")
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn keys(cfg: &VaultConfig, command: KeysCommand) -> anyhow::Result<()> {
@@ -227,12 +333,26 @@ fn keys(cfg: &VaultConfig, command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Import { wrapped } => {
             let w = WrappedMasterKey::from_text(&read_text(&wrapped)?)?;
-            hsm::import_master_key(&cfg.hsm, &cfg.user_pin()?, &w)?;
+            let pin = cfg.user_pin()?;
+            hsm::import_master_key(&cfg.hsm, &pin, &w)?;
             println!("Master key imported into token {:?}.", cfg.hsm.token_label);
-            println!(
-                "Copy fleet.sealed from an existing replica into {}, then `keys show` to check.",
-                cfg.data_dir.display()
-            );
+            // The wrapped key itself is not authenticated: the proof that it
+            // is the fleet's master key is that it opens the fleet secrets.
+            let secrets_path = cfg.fleet_secrets_path();
+            if secrets_path.exists() {
+                let hsm = Hsm::open(&cfg.hsm, &pin)?;
+                let secrets = FleetSecrets::unseal_from_file(&hsm, &secrets_path)?;
+                println!(
+                    "Verified: it opens {} (fleet {}).",
+                    secrets_path.display(),
+                    secrets.fleet_id
+                );
+            } else {
+                println!(
+                    "Copy fleet.sealed from an existing replica into {}, then run `keys show`: it only opens with the fleet's master key.",
+                    cfg.data_dir.display()
+                );
+            }
         }
     }
     Ok(())

@@ -18,7 +18,7 @@ use crate::record::StoredRecord;
 use crate::Error;
 
 /// account id -> encoded [`StoredRecord`].
-const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+pub(crate) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// Bookkeeping: store format, and the replicated log's state when used.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -26,7 +26,7 @@ const STORE_FORMAT: &[u8] = b"e2ebk-vault-store v1";
 
 /// The redb-backed state machine of sealed records.
 pub struct RecordStore {
-    db: Database,
+    db: std::sync::Arc<Database>,
     path: PathBuf,
 }
 
@@ -76,13 +76,18 @@ impl RecordStore {
         }
         txn.commit().map_err(|e| store_err(e.to_string()))?;
         Ok(RecordStore {
-            db,
+            db: std::sync::Arc::new(db),
             path: path.to_path_buf(),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The underlying database, shared with the replicated log's tables.
+    pub(crate) fn db(&self) -> &std::sync::Arc<Database> {
+        &self.db
     }
 
     /// The stored record of `account`, if any.

@@ -6,6 +6,7 @@
 //! | client -> chatd    | `Noise_IK_25519_ChaChaPoly_BLAKE2s`   | `"E2EBK/1 client-chatd"`              |
 //! | chatd -> vault     | `Noise_KK_25519_ChaChaPoly_BLAKE2s`   | `"E2EBK/1 chatd-vault"`               |
 //! | client -> vault    | `Noise_NK_25519_ChaChaPoly_BLAKE2s`   | `"E2EBK/1 tunnel" || len || account`  |
+//! | vault <-> vault    | `Noise_KK_25519_ChaChaPoly_BLAKE2s`   | `"E2EBK/1 vault-peer"`                |
 //!
 //! All three are one round trip. Each step consumes its state, so a
 //! handshake cannot be reused or run out of order. Every handshake message
@@ -46,6 +47,11 @@ pub fn link_prologue() -> Vec<u8> {
     format!("E2EBK/{PROTOCOL_VERSION} chatd-vault").into_bytes()
 }
 
+/// Prologue of the replica-to-replica channel (SPEC.md section 5.5).
+pub fn peer_prologue() -> Vec<u8> {
+    format!("E2EBK/{PROTOCOL_VERSION} vault-peer").into_bytes()
+}
+
 /// Prologue of channel 3: binds the account chatd vouches for, so a chatd
 /// that relays a tunnel under another account makes the handshake fail.
 pub fn tunnel_prologue(account: &AccountId) -> Vec<u8> {
@@ -60,6 +66,9 @@ pub enum Channel {
     ClientChatd,
     Link,
     Tunnel,
+    /// Between vault replicas (Raft traffic), both ends hold the fleet's
+    /// peer key.
+    Peer,
 }
 
 impl Channel {
@@ -68,6 +77,7 @@ impl Channel {
             Channel::ClientChatd => CLIENT_CHATD_PATTERN,
             Channel::Link => LINK_PATTERN,
             Channel::Tunnel => TUNNEL_PATTERN,
+            Channel::Peer => LINK_PATTERN,
         }
     }
 }
@@ -131,6 +141,11 @@ impl Initiator {
     /// Client to the vault fleet's pinned key, bound to `account`.
     pub fn tunnel(fleet: &PublicKey, account: &AccountId) -> Result<Self, Error> {
         Self::new(Channel::Tunnel, None, Some(fleet), Some(account), None)
+    }
+
+    /// A vault replica to another, both holding the fleet peer key.
+    pub fn peer(local: &StaticSecret, remote: &PublicKey) -> Result<Self, Error> {
+        Self::new(Channel::Peer, Some(local), Some(remote), None, None)
     }
 
     /// Like the constructors above but with a fixed ephemeral key, to
@@ -218,6 +233,11 @@ impl Responder {
         Self::new(Channel::Tunnel, fleet, None, Some(account), None)
     }
 
+    /// A vault replica, for a connection from another replica.
+    pub fn peer(local: &StaticSecret, remote: &PublicKey) -> Result<Self, Error> {
+        Self::new(Channel::Peer, local, Some(remote), None, None)
+    }
+
     /// Fixed-ephemeral variant for reproducible test vectors only.
     #[doc(hidden)]
     pub fn for_test_vectors(
@@ -283,6 +303,7 @@ fn prologue_for(channel: Channel, account: Option<&AccountId>) -> Result<Vec<u8>
     Ok(match channel {
         Channel::ClientChatd => client_chatd_prologue(),
         Channel::Link => link_prologue(),
+        Channel::Peer => peer_prologue(),
         Channel::Tunnel => tunnel_prologue(account.ok_or(Error::Handshake)?),
     })
 }
@@ -465,6 +486,10 @@ mod tests {
                 Initiator::tunnel(&chatd.public_key(), &account).unwrap(),
                 Responder::tunnel(&chatd, &account).unwrap(),
             ),
+            Channel::Peer => (
+                Initiator::peer(&device, &chatd.public_key()).unwrap(),
+                Responder::peer(&chatd, &device.public_key()).unwrap(),
+            ),
         };
         let (m1, waiting) = init.write_first(b"hello").unwrap();
         let first = resp.read_first(&m1).unwrap();
@@ -483,7 +508,12 @@ mod tests {
 
     #[test]
     fn all_channels_handshake_and_transport() {
-        for ch in [Channel::ClientChatd, Channel::Link, Channel::Tunnel] {
+        for ch in [
+            Channel::ClientChatd,
+            Channel::Link,
+            Channel::Tunnel,
+            Channel::Peer,
+        ] {
             let (mut a, mut b, _, _) = pair(ch);
             let sealed = a.seal(b"frame").unwrap();
             assert_eq!(b.open(&sealed, 100).unwrap(), b"frame");
@@ -491,6 +521,40 @@ mod tests {
             assert_eq!(sealed.len(), 16);
             assert_eq!(a.open(&sealed, 100).unwrap(), b"");
         }
+    }
+
+    #[test]
+    fn peers_sharing_one_fleet_key_authenticate_each_other() {
+        let fleet = key(5);
+        let (m1, w) = Initiator::peer(&fleet, &fleet.public_key())
+            .unwrap()
+            .write_first(b"hi")
+            .unwrap();
+        let first = Responder::peer(&fleet, &fleet.public_key())
+            .unwrap()
+            .read_first(&m1)
+            .unwrap();
+        let (m2, mut r) = first.state.write_response(b"").unwrap();
+        let (_, mut i) = w.read_response(&m2).unwrap();
+        assert_eq!(r.open(&i.seal(b"x").unwrap(), 10).unwrap(), b"x");
+        // Someone without the fleet key cannot join.
+        let (m1, _) = Initiator::peer(&key(6), &fleet.public_key())
+            .unwrap()
+            .write_first(b"")
+            .unwrap();
+        assert!(Responder::peer(&fleet, &fleet.public_key())
+            .unwrap()
+            .read_first(&m1)
+            .is_err());
+        // A link handshake is not a peer handshake (different prologue).
+        let (m1, _) = Initiator::link(&fleet, &fleet.public_key())
+            .unwrap()
+            .write_first(b"")
+            .unwrap();
+        assert!(Responder::peer(&fleet, &fleet.public_key())
+            .unwrap()
+            .read_first(&m1)
+            .is_err());
     }
 
     #[test]

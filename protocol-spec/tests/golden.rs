@@ -53,6 +53,7 @@ fn noise_handshakes_with_fixed_keys() {
         ("ik_client_chatd", Channel::ClientChatd),
         ("kk_link", Channel::Link),
         ("nk_tunnel", Channel::Tunnel),
+        ("kk_peer", Channel::Peer),
     ] {
         let initiator_static = key(0x11);
         let responder_static = key(0x22);
@@ -60,7 +61,7 @@ fn noise_handshakes_with_fixed_keys() {
         let re = [0x44u8; 32];
         let (i_local, r_remote, acct) = match channel {
             Channel::ClientChatd => (Some(&initiator_static), None, None),
-            Channel::Link => (
+            Channel::Link | Channel::Peer => (
                 Some(&initiator_static),
                 Some(initiator_static.public_key()),
                 None,

@@ -87,18 +87,21 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener, Error> {
         })
 }
 
-/// Serves the admin endpoints until `shutdown` resolves.
+/// Serves the admin endpoints, plus `extra` routes of the binary (the
+/// vault's `/cluster/*`), until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     health: Arc<Health>,
     metrics: PrometheusHandle,
+    extra: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AdminState { health, metrics });
+        .with_state(AdminState { health, metrics })
+        .merge(extra);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

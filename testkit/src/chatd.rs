@@ -49,6 +49,22 @@ impl ChatdFixture {
     /// Writes keys and a config pointing at `vault_replicas`, whose link
     /// listeners accept `vault.chatd_key`.
     pub fn new(vault: &VaultFixture, vault_replicas: &[SocketAddr], opts: ChatdOptions) -> Self {
+        Self::with_keys(
+            &vault.chatd_key,
+            &vault.fleet.link_key,
+            vault_replicas,
+            opts,
+        )
+    }
+
+    /// Like [`ChatdFixture::new`] for any vault (a replicated one): chatd's
+    /// link key and the vault fleet's link key.
+    pub fn with_keys(
+        chatd_link_key: &StaticSecret,
+        vault_link_key: &PublicKey,
+        vault_replicas: &[SocketAddr],
+        opts: ChatdOptions,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("e2ebk-chatd-")
             .tempdir()
@@ -59,7 +75,7 @@ impl ChatdFixture {
         crate::fill_random(&mut seed);
         let static_key = StaticSecret::from_bytes(seed);
         write_key(&data.join("chatd.key"), &static_key);
-        write_key(&data.join("link.key"), &vault.chatd_key);
+        write_key(&data.join("link.key"), chatd_link_key);
         let replicas: Vec<String> = vault_replicas.iter().map(|a| format!("\"{a}\"")).collect();
         let config = dir.path().join("chatd.toml");
         std::fs::write(
@@ -87,7 +103,7 @@ impl ChatdFixture {
                 opts.extra_listen,
                 opts.extra_limits,
                 replicas.join(", "),
-                vault.fleet.link_key.to_hex(),
+                vault_link_key.to_hex(),
             ),
         )
         .expect("write chatd config");
@@ -151,6 +167,12 @@ impl ChatdFixture {
 }
 
 impl ChatdProcess {
+    /// The chatd process id (0 once it has exited and been reaped), for
+    /// reading its memory and CPU time from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     pub fn url(&self) -> String {
         format!("ws://{}", self.addr)
     }

@@ -39,8 +39,11 @@ pub fn module_path() -> PathBuf {
 
 impl SoftHsm {
     pub fn new() -> Self {
+        // E2EBK_KEEP_TMP=1 keeps every test's folder (logs, stores) for a
+        // post-mortem.
         let dir = tempfile::Builder::new()
             .prefix("e2ebk-softhsm-")
+            .disable_cleanup(std::env::var_os("E2EBK_KEEP_TMP").is_some())
             .tempdir()
             .expect("tempdir");
         let tokens = dir.path().join("tokens");

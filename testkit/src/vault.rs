@@ -11,6 +11,102 @@ use protocol_spec::keys::{PublicKey, StaticSecret};
 
 use crate::softhsm::{SoftHsm, Token};
 
+/// Replication settings of one replica's config.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    pub node_id: u64,
+    pub port: u16,
+    /// Source address for its connections to other replicas.
+    pub bind_source: String,
+    /// Address the others use to reach it (a fault proxy in tests).
+    pub advertise: String,
+}
+
+/// Writes `dir/vault.toml` for a test replica (pin file `dir/pin`).
+pub fn write_config(
+    dir: &Path,
+    opts: &VaultOptions,
+    token_label: &str,
+    chatd_key: &PublicKey,
+    link_port: u16,
+    admin_port: u16,
+    raft: Option<&RaftSettings>,
+) -> PathBuf {
+    let raft = raft
+        .map(|r| {
+            format!(
+                "[raft]\nnode_id = {}\nlisten = \"127.0.0.1:{}\"\nbind_source = \"{}\"\nadvertise = \"{}\"\n\
+                 heartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\
+                 commit_timeout_secs = 3\nsnapshot_every = 64\n",
+                r.node_id, r.port, r.bind_source, r.advertise
+            )
+        })
+        .unwrap_or_default();
+    let config = dir.join("vault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "replica_id = \"vault-{}\"\n\
+             data_dir = \"data\"\n\
+             max_attempts = {}\n\
+             login_timeout_secs = {}\n\
+             workers = {}\n\
+             max_queued_requests = {}\n\
+             [hsm]\n\
+             module = \"{}\"\n\
+             token_label = \"{}\"\n\
+             pin_file = \"pin\"\n\
+             sessions = {}\n\
+             [link]\n\
+             listen = \"127.0.0.1:{}\"\n\
+             chatd_keys = [\"{}\"]\n\
+             tunnel_idle_timeout_secs = {}\n\
+             max_tunnels_per_link = {}\n\
+             handshake_timeout_secs = 5\n\
+             [admin]\n\
+             listen = \"127.0.0.1:{}\"\n\
+             [log]\n\
+             level = \"info,hsm_vault=debug,openraft=warn\"\n\
+             {raft}{}\n",
+            token_label,
+            opts.max_attempts,
+            opts.login_timeout_secs,
+            opts.workers,
+            opts.max_queued_requests,
+            crate::softhsm::module_path().display(),
+            token_label,
+            opts.workers,
+            link_port,
+            chatd_key.to_hex(),
+            opts.tunnel_idle_timeout_secs,
+            opts.max_tunnels_per_link,
+            admin_port,
+            opts.extra,
+        ),
+    )
+    .expect("write config");
+    config
+}
+
+/// Starts `hsm-vault serve` with `cmd` (config and env already set) and
+/// waits until it listens; its stderr goes to a log file in `dir`.
+pub fn spawn_process(mut cmd: Command, dir: &Path) -> VaultProcess {
+    let log_path = dir.join(format!("vault-{}.log", crate::unique()));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    cmd.arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    let mut child = cmd.spawn().expect("spawn hsm-vault serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (link_addr, admin_addr) = wait_listening(stdout, &log_path);
+    VaultProcess {
+        child: Some(child),
+        link_addr,
+        admin_addr,
+        log_path,
+    }
+}
+
 /// Public facts `hsm-vault init` printed.
 #[derive(Debug, Clone)]
 pub struct FleetInfo {
@@ -81,47 +177,15 @@ impl VaultFixture {
         let mut seed = [0u8; 32];
         crate::fill_random(&mut seed);
         let chatd_key = StaticSecret::from_bytes(seed);
-        let config = dir.join("vault.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "replica_id = \"vault-test\"\n\
-                 data_dir = \"data\"\n\
-                 max_attempts = {}\n\
-                 login_timeout_secs = {}\n\
-                 workers = {}\n\
-                 max_queued_requests = {}\n\
-                 [hsm]\n\
-                 module = \"{}\"\n\
-                 token_label = \"{}\"\n\
-                 pin_file = \"pin\"\n\
-                 sessions = {}\n\
-                 [link]\n\
-                 listen = \"127.0.0.1:{}\"\n\
-                 chatd_keys = [\"{}\"]\n\
-                 tunnel_idle_timeout_secs = {}\n\
-                 max_tunnels_per_link = {}\n\
-                 handshake_timeout_secs = 5\n\
-                 [admin]\n\
-                 listen = \"127.0.0.1:0\"\n\
-                 [log]\n\
-                 level = \"info,hsm_vault=debug\"\n\
-                 {}\n",
-                opts.max_attempts,
-                opts.login_timeout_secs,
-                opts.workers,
-                opts.max_queued_requests,
-                crate::softhsm::module_path().display(),
-                token.label,
-                opts.workers,
-                opts.link_port,
-                chatd_key.public_key().to_hex(),
-                opts.tunnel_idle_timeout_secs,
-                opts.max_tunnels_per_link,
-                opts.extra,
-            ),
-        )
-        .expect("write config");
+        let config = write_config(
+            &dir,
+            &opts,
+            &token.label,
+            &chatd_key.public_key(),
+            opts.link_port,
+            0,
+            None,
+        );
         let out = Command::new(crate::bin("hsm-vault"))
             .args(["--config"])
             .arg(&config)
@@ -171,24 +235,11 @@ impl VaultFixture {
 
     /// Like [`VaultFixture::spawn`] with extra environment variables.
     pub fn spawn_with(&self, env: &[(&str, &str)]) -> VaultProcess {
-        let log_path = self.dir.join(format!("vault-{}.log", crate::unique()));
-        let log = std::fs::File::create(&log_path).expect("log file");
         let mut cmd = self.command();
-        cmd.arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn hsm-vault serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (link_addr, admin_addr) = wait_listening(stdout, &log_path);
-        VaultProcess {
-            child: Some(child),
-            link_addr,
-            admin_addr,
-            log_path,
-        }
+        spawn_process(cmd, &self.dir)
     }
 }
 

@@ -91,7 +91,8 @@ fn failpoint_from_env() -> Option<Failpoint> {
     }
 }
 
-/// Runs a single-node vault until shutdown.
+/// Runs the vault until shutdown: single-node, or a member of a Raft
+/// group when `raft.node_id` is set.
 pub async fn run(cfg: VaultConfig, shutdown: watch::Receiver<Shutdown>) -> Result<(), Error> {
     let metrics = service_kit::admin::install_metrics()?;
     let health = Health::new();
@@ -99,28 +100,178 @@ pub async fn run(cfg: VaultConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
     let opened = tokio::task::spawn_blocking(move || open(&cfg2))
         .await
         .map_err(|e| Error::Storage(format!("start-up task failed: {e}")))??;
-    let log: Arc<dyn RecordLog> = Arc::new(LocalLog::new(opened.store.clone()));
-    let vault = Arc::new(build_vault(&cfg, &opened, log));
-    let (_role_tx, role_rx) = watch::channel(Role {
-        leader: true,
-        leader_hint: None,
-    });
-    let link_addr = serve_links(
-        &cfg,
-        &opened,
-        vault,
-        role_rx,
-        health.clone(),
-        metrics,
-        shutdown,
-    )
-    .await?;
-    let _ = link_addr;
-    Ok(())
+    let listeners = Listeners::bind(&cfg).await?;
+    match cfg.raft.node_id {
+        None => {
+            let log: Arc<dyn RecordLog> = Arc::new(LocalLog::new(opened.store.clone()));
+            let vault = Arc::new(build_vault(&cfg, &opened, log));
+            let (_role_tx, role_rx) = watch::channel(Role {
+                leader: true,
+                leader_hint: None,
+            });
+            health.set_ready();
+            listeners.announce(&cfg, None);
+            serve_links(
+                &cfg,
+                &opened,
+                vault,
+                role_rx,
+                health,
+                metrics,
+                axum::Router::new(),
+                listeners,
+                shutdown,
+            )
+            .await
+        }
+        Some(node_id) => {
+            run_replicated(cfg, opened, node_id, health, metrics, listeners, shutdown).await
+        }
+    }
 }
 
-/// Binds the link and admin listeners, announces them, and serves until
-/// shutdown. Shared by the single-node and replicated modes.
+/// The link and admin listeners, bound before anything announces them.
+pub struct Listeners {
+    link: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+    pub link_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Listeners(link {}, admin {})",
+            self.link_addr, self.admin_addr
+        )
+    }
+}
+
+impl Listeners {
+    async fn bind(cfg: &VaultConfig) -> Result<Self, Error> {
+        let link = tokio::net::TcpListener::bind(&cfg.link.listen)
+            .await
+            .map_err(|e| Error::io(format!("link listener {}", cfg.link.listen), e))?;
+        let link_addr = link
+            .local_addr()
+            .map_err(|e| Error::io("link listener", e))?;
+        let admin = service_kit::admin::bind(&cfg.admin.listen).await?;
+        let admin_addr = admin
+            .local_addr()
+            .map_err(|e| Error::io("admin listener", e))?;
+        Ok(Listeners {
+            link,
+            admin,
+            link_addr,
+            admin_addr,
+        })
+    }
+
+    /// One machine-readable line on stdout, so scripts and tests learn the
+    /// bound ports (port 0 in the config picks a free one).
+    fn announce(&self, cfg: &VaultConfig, raft: Option<SocketAddr>) {
+        let raft = raft
+            .map(|r| format!(",\"raft\":\"{r}\""))
+            .unwrap_or_default();
+        println!(
+            "{{\"event\":\"listening\",\"replica\":\"{}\",\"link\":\"{}\",\"admin\":\"{}\"{raft}}}",
+            cfg.replica_id, self.link_addr, self.admin_addr
+        );
+    }
+}
+
+async fn run_replicated(
+    cfg: VaultConfig,
+    opened: Opened,
+    node_id: u64,
+    health: Arc<Health>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    listeners: Listeners,
+    shutdown: watch::Receiver<Shutdown>,
+) -> Result<(), Error> {
+    use crate::raft::{self, admin, network, store};
+    let r = &cfg.raft;
+    let raft_config = openraft::Config {
+        cluster_name: opened.secrets.fleet_id.to_string(),
+        heartbeat_interval: r.heartbeat_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
+        max_in_snapshot_log_to_keep: r.snapshot_every.min(1000),
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| Error::Service(service_kit::Error::Config(format!("raft: {e}"))))?;
+    let bind_source = match &r.bind_source {
+        Some(s) => Some(s.parse().map_err(|_| {
+            Error::Service(service_kit::Error::Config(format!(
+                "raft.bind_source {s:?} is not an IP address"
+            )))
+        })?),
+        None => None,
+    };
+    let peer_listener = tokio::net::TcpListener::bind(&r.listen)
+        .await
+        .map_err(|e| Error::io(format!("raft listener {}", r.listen), e))?;
+    let raft_addr = peer_listener
+        .local_addr()
+        .map_err(|e| Error::io("raft listener", e))?;
+    let log_store = store::LogStore::new(&opened.store)?;
+    let state_machine = store::StateMachine::new(opened.store.clone());
+    let network = network::PeerNetwork::new(opened.secrets.peer_key.clone(), bind_source);
+    let raft = openraft::Raft::new(
+        node_id,
+        Arc::new(raft_config),
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .map_err(|e| Error::Storage(format!("raft start-up failed: {e}")))?;
+    tokio::spawn(network::serve(
+        peer_listener,
+        raft.clone(),
+        opened.secrets.peer_key.clone(),
+    ));
+    let log: Arc<dyn RecordLog> = Arc::new(raft::RaftLog::new(
+        raft.clone(),
+        opened.store.clone(),
+        tokio::runtime::Handle::current(),
+        Duration::from_secs(r.commit_timeout_secs),
+    ));
+    let vault = Arc::new(build_vault(&cfg, &opened, log));
+    let role = raft::watch_role(
+        &raft,
+        health.clone(),
+        Duration::from_millis(r.election_timeout_max_ms),
+    );
+    let me = admin::SelfInfo {
+        node_id,
+        node: raft::VaultNode {
+            raft_addr: r.advertise.clone().unwrap_or_else(|| raft_addr.to_string()),
+            link_addr: cfg
+                .link
+                .advertise
+                .clone()
+                .unwrap_or_else(|| listeners.link_addr.to_string()),
+            admin_addr: listeners.admin_addr.to_string(),
+        },
+    };
+    let extra = admin::routes(raft.clone(), me);
+    listeners.announce(&cfg, Some(raft_addr));
+    tracing::info!(node_id, %raft_addr, "raft replica started");
+    let result = serve_links(
+        &cfg, &opened, vault, role, health, metrics, extra, listeners, shutdown,
+    )
+    .await;
+    let _ = raft.shutdown().await;
+    result
+}
+
+/// Serves the link and admin listeners until shutdown. Shared by the
+/// single-node and replicated modes.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_links(
     cfg: &VaultConfig,
     opened: &Opened,
@@ -128,8 +279,10 @@ pub async fn serve_links(
     role: watch::Receiver<Role>,
     health: Arc<Health>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
+    extra: axum::Router,
+    listeners: Listeners,
     shutdown: watch::Receiver<Shutdown>,
-) -> Result<SocketAddr, Error> {
+) -> Result<(), Error> {
     let chatd_keys = cfg
         .link
         .chatd_keys
@@ -161,31 +314,20 @@ pub async fn serve_links(
         handshake_timeout: Duration::from_secs(cfg.link.handshake_timeout_secs),
         role,
     });
-    let listener = tokio::net::TcpListener::bind(&cfg.link.listen)
-        .await
-        .map_err(|e| Error::io(format!("link listener {}", cfg.link.listen), e))?;
-    let link_addr = listener
-        .local_addr()
-        .map_err(|e| Error::io("link listener", e))?;
-    let admin = service_kit::admin::bind(&cfg.admin.listen).await?;
-    let admin_addr = admin
-        .local_addr()
-        .map_err(|e| Error::io("admin listener", e))?;
-
+    let Listeners {
+        link: listener,
+        admin,
+        link_addr,
+        admin_addr,
+    } = listeners;
     let mut admin_shutdown = shutdown.clone();
     let admin_task = tokio::spawn(service_kit::admin::serve(
         admin,
         health.clone(),
         metrics,
+        extra,
         async move { service_kit::shutdown::reached(&mut admin_shutdown, Shutdown::Fast).await },
     ));
-    health.set_ready();
-    // One machine-readable line on stdout, so scripts and tests learn the
-    // bound ports (port 0 in the config picks a free one).
-    println!(
-        "{{\"event\":\"listening\",\"replica\":\"{}\",\"link\":\"{link_addr}\",\"admin\":\"{admin_addr}\"}}",
-        cfg.replica_id
-    );
     tracing::info!(%link_addr, %admin_addr, replica = %cfg.replica_id, fleet = %opened.secrets.fleet_id, "vault serving");
 
     let mut drain_watch = shutdown.clone();
@@ -201,5 +343,5 @@ pub async fn serve_links(
         let _ = tokio::task::spawn_blocking(move || pool.shutdown()).await;
     }
     tracing::info!("vault stopped");
-    Ok(link_addr)
+    Ok(())
 }

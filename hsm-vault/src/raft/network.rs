@@ -1,0 +1,318 @@
+//! Replica-to-replica transport (SPEC.md section 5.5): TCP, Noise_KK with
+//! the fleet peer key on both ends, records of sealed frames carrying
+//! Raft RPCs.
+//!
+//! Frame plaintext: the protocol version byte, then the postcard encoding
+//! of a [`PeerRequest`] or [`PeerResponse`]. One request at a time per
+//! connection; a client reconnects after any error.
+
+// openraft's error types are large and fixed by its trait signatures.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, Raft};
+use parking_lot::Mutex;
+use protocol_spec::keys::StaticSecret;
+use protocol_spec::noise::{Initiator, Responder, Transport};
+use protocol_spec::PROTOCOL_VERSION;
+use serde::{Deserialize, Serialize};
+use service_kit::records::{read_record, write_record};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{VaultNode, VaultRaft};
+
+type NodeId = u64;
+
+/// Largest peer record (snapshot chunks and append batches fit well under).
+pub const MAX_PEER_RECORD: usize = 16 << 20;
+
+#[derive(Serialize, Deserialize)]
+enum PeerRequest {
+    Append(AppendEntriesRequest<VaultRaft>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<VaultRaft>),
+}
+
+#[derive(Serialize, Deserialize)]
+enum PeerResponse {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+}
+
+fn frame<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    let mut out = vec![PROTOCOL_VERSION];
+    out.extend(postcard::to_allocvec(v).map_err(|e| e.to_string())?);
+    Ok(out)
+}
+
+fn unframe<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, String> {
+    match b.split_first() {
+        Some((&PROTOCOL_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("unsupported peer protocol version {v}")),
+        None => Err("empty peer frame".into()),
+    }
+}
+
+/// Makes clients for Raft to reach other replicas.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    key: Arc<StaticSecret>,
+    /// Optional source address for outgoing connections (lets tests and
+    /// operators filter replica traffic by address).
+    bind_source: Option<std::net::IpAddr>,
+}
+
+impl std::fmt::Debug for PeerNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerNetwork")
+            .field("bind_source", &self.bind_source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for PeerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PeerClient(node {} at {})", self.target, self.addr)
+    }
+}
+
+impl PeerNetwork {
+    pub fn new(key: StaticSecret, bind_source: Option<std::net::IpAddr>) -> Self {
+        PeerNetwork {
+            key: Arc::new(key),
+            bind_source,
+        }
+    }
+}
+
+impl RaftNetworkFactory<VaultRaft> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &VaultNode) -> PeerClient {
+        PeerClient {
+            target,
+            addr: node.raft_addr.clone(),
+            key: self.key.clone(),
+            bind_source: self.bind_source,
+            conn: None,
+        }
+    }
+}
+
+struct PeerConn {
+    stream: TcpStream,
+    transport: Transport,
+}
+
+/// One replica's connection to another.
+pub struct PeerClient {
+    target: NodeId,
+    addr: String,
+    key: Arc<StaticSecret>,
+    bind_source: Option<std::net::IpAddr>,
+    conn: Option<PeerConn>,
+}
+
+impl PeerClient {
+    async fn connect(&self) -> Result<PeerConn, String> {
+        let addr: std::net::SocketAddr = tokio::net::lookup_host(&self.addr)
+            .await
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("no address")?;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(|e| e.to_string())?;
+        if let Some(ip) = self.bind_source {
+            socket
+                .bind(std::net::SocketAddr::new(ip, 0))
+                .map_err(|e| e.to_string())?;
+        }
+        let mut stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (m1, waiting) = Initiator::peer(&self.key, &self.key.public_key())
+            .and_then(|i| i.write_first(&[]))
+            .map_err(|e| e.to_string())?;
+        write_record(&mut stream, &m1)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
+        let m2 = read_record(&mut stream, MAX_PEER_RECORD, Duration::from_secs(5))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("peer closed during handshake")?;
+        let (_, transport) = waiting
+            .read_response(&m2)
+            .map_err(|_| "peer handshake failed (not our fleet?)")?;
+        Ok(PeerConn { stream, transport })
+    }
+
+    async fn call(&mut self, req: PeerRequest, ttl: Duration) -> Result<PeerResponse, String> {
+        let result = tokio::time::timeout(ttl, async {
+            if self.conn.is_none() {
+                self.conn = Some(self.connect().await?);
+            }
+            let Some(c) = self.conn.as_mut() else {
+                return Err("not connected".to_string());
+            };
+            let sealed = c.transport.seal(&frame(&req)?).map_err(|e| e.to_string())?;
+            write_record(&mut c.stream, &sealed)
+                .await
+                .map_err(|e| e.to_string())?;
+            c.stream.flush().await.map_err(|e| e.to_string())?;
+            let rec = read_record(&mut c.stream, MAX_PEER_RECORD, ttl)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("peer closed")?;
+            let plain = c
+                .transport
+                .open(&rec, MAX_PEER_RECORD)
+                .map_err(|e| e.to_string())?;
+            unframe(&plain)
+        })
+        .await
+        .unwrap_or_else(|_| Err("timeout".into()));
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    fn unreachable<E: std::error::Error>(&self, e: String) -> RPCError<NodeId, VaultNode, E> {
+        tracing::debug!(target = self.target, error = %e, "peer rpc failed");
+        RPCError::Unreachable(Unreachable::new(&AnyError::error(e)))
+    }
+}
+
+fn mismatch<E: std::error::Error>() -> RPCError<NodeId, VaultNode, E> {
+    RPCError::Network(NetworkError::new(&AnyError::error(
+        "peer answered a different rpc",
+    )))
+}
+
+impl RaftNetwork<VaultRaft> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<VaultRaft>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, VaultNode, RaftError<NodeId>>> {
+        match self.call(PeerRequest::Append(rpc), option.hard_ttl()).await {
+            Ok(PeerResponse::Append(r)) => r.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
+            }),
+            Ok(_) => Err(mismatch()),
+            Err(e) => Err(self.unreachable(e)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<VaultRaft>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, VaultNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self
+            .call(PeerRequest::Snapshot(rpc), option.hard_ttl())
+            .await
+        {
+            Ok(PeerResponse::Snapshot(r)) => r.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
+            }),
+            Ok(_) => Err(mismatch()),
+            Err(e) => Err(self.unreachable(e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, VaultNode, RaftError<NodeId>>> {
+        match self.call(PeerRequest::Vote(rpc), option.hard_ttl()).await {
+            Ok(PeerResponse::Vote(r)) => r.map_err(|e| {
+                RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e))
+            }),
+            Ok(_) => Err(mismatch()),
+            Err(e) => Err(self.unreachable(e)),
+        }
+    }
+}
+
+/// Serves other replicas' RPCs until the listener is dropped.
+pub async fn serve(listener: TcpListener, raft: Raft<VaultRaft>, key: StaticSecret) {
+    let key = Arc::new(key);
+    let conns = Arc::new(Mutex::new(0usize));
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if *conns.lock() >= 64 {
+            continue; // a handful of replicas never need more
+        }
+        *conns.lock() += 1;
+        let (raft, key, conns) = (raft.clone(), key.clone(), conns.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve_peer(stream, raft, &key).await {
+                tracing::debug!(%peer, error = %e, "peer connection ended");
+            }
+            *conns.lock() -= 1;
+        });
+    }
+}
+
+async fn serve_peer(
+    mut stream: TcpStream,
+    raft: Raft<VaultRaft>,
+    key: &StaticSecret,
+) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let m1 = read_record(&mut stream, MAX_PEER_RECORD, Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("closed before handshake")?;
+    let first = Responder::peer(key, &key.public_key())
+        .and_then(|r| r.read_first(&m1))
+        .map_err(|_| "peer handshake failed (not our fleet?)")?;
+    let (m2, mut transport) = first.state.write_response(&[]).map_err(|e| e.to_string())?;
+    write_record(&mut stream, &m2)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    loop {
+        let Some(rec) = read_record(&mut stream, MAX_PEER_RECORD, Duration::from_secs(30))
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let plain = transport
+            .open(&rec, MAX_PEER_RECORD)
+            .map_err(|e| e.to_string())?;
+        let resp = match unframe::<PeerRequest>(&plain)? {
+            PeerRequest::Append(r) => PeerResponse::Append(raft.append_entries(r).await),
+            PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
+            PeerRequest::Snapshot(r) => PeerResponse::Snapshot(raft.install_snapshot(r).await),
+        };
+        let sealed = transport.seal(&frame(&resp)?).map_err(|e| e.to_string())?;
+        write_record(&mut stream, &sealed)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
+    }
+}

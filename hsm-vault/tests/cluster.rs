@@ -1,0 +1,295 @@
+//! Real `hsm-vault` replicas in a Raft group on loopback, with Raft traffic
+//! through fault proxies: failover, followers that redirect, catch-up after
+//! downtime and snapshots, majority loss, partitions, whole-group restarts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use backup_client::vault_flow::FlowError;
+use protocol_spec::codes::TunnelCloseCode;
+use protocol_spec::messages::vault::{RecordState, VaultRequest, VaultResponse};
+use support::*;
+use testkit::cluster::VaultCluster;
+use testkit::link::{LinkClient, TunnelError};
+use testkit::vault::VaultOptions;
+
+fn connect(c: &VaultCluster, i: usize) -> LinkClient {
+    LinkClient::connect(c.replicas[i].link_addr, &c.chatd_key, &c.fleet.link_key).expect("link")
+}
+
+fn three() -> VaultCluster {
+    let mut c = VaultCluster::new(3, VaultOptions::default());
+    c.start_all();
+    c.form();
+    c
+}
+
+/// Retries `f` on the current leader until it works (elections take a moment).
+fn on_leader<T>(c: &VaultCluster, mut f: impl FnMut(&mut LinkClient) -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(l) = c.leader() {
+            if let Ok(mut link) =
+                LinkClient::connect(c.replicas[l].link_addr, &c.chatd_key, &c.fleet.link_key)
+            {
+                if link.welcome.leader {
+                    if let Some(v) = f(&mut link) {
+                        return v;
+                    }
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no working leader");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn try_status(
+    l: &mut LinkClient,
+    c: &VaultCluster,
+    a: &protocol_spec::ids::AccountId,
+) -> Option<protocol_spec::messages::vault::StatusReport> {
+    let mut t = l.open_tunnel(a, &c.fleet.tunnel_key).ok()?;
+    let r = l.request(&mut t, &VaultRequest::Status).ok()?;
+    let _ = l.close_tunnel(t);
+    backup_client::vault_flow::status_from(&r).ok()
+}
+
+#[test]
+fn failover_keeps_registrations_and_spent_attempts() {
+    let mut c = three();
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let a = account("alice");
+    let k = key(1);
+    {
+        let mut l = connect(&c, leader);
+        register(&mut l, &c.fleet, &a, b"pw", &k);
+        for _ in 0..2 {
+            assert!(matches!(
+                login(&mut l, &c.fleet, &a, b"wrong"),
+                Err(FlowError::WrongPassword { .. })
+            ));
+        }
+        assert_eq!(status(&mut l, &c.fleet, &a).attempts_remaining, 3);
+    }
+    // Followers refuse tunnels and point at the leader.
+    let follower = (leader + 1) % 3;
+    let mut f = connect(&c, follower);
+    assert!(!f.welcome.leader);
+    assert_eq!(
+        f.welcome.leader_hint.as_deref(),
+        Some(c.replicas[leader].link_addr.to_string().as_str())
+    );
+    assert!(matches!(
+        f.open_tunnel(&a, &c.fleet.tunnel_key),
+        Err(TunnelError::Closed(TunnelCloseCode::NotLeader))
+    ));
+    // kill -9 the leader: a new one takes over with everything.
+    c.kill9(leader);
+    let st = on_leader(&c, |l| try_status(l, &c, &a));
+    assert_eq!(
+        (st.state, st.attempts_remaining),
+        (RecordState::Registered, 3),
+        "spent attempts survive failover"
+    );
+    let got = on_leader(&c, |l| login(l, &c.fleet, &a, b"pw").ok());
+    assert_eq!(got, k);
+    // The old leader comes back and catches up as a follower.
+    c.start(leader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now_leader = c.wait_leader(Duration::from_secs(10));
+        let want = c.status(now_leader).unwrap()["last_applied_index"].as_u64();
+        if c.status(leader)
+            .and_then(|s| s["last_applied_index"].as_u64())
+            == want
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted replica never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn without_a_majority_nothing_is_answered_from_stale_state() {
+    let mut c = three();
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let a = account("bob");
+    {
+        let mut l = connect(&c, leader);
+        register(&mut l, &c.fleet, &a, b"pw", &key(2));
+    }
+    // Stop both followers: the leader has no majority.
+    for i in 0..3 {
+        if i != leader {
+            c.kill9(i);
+        }
+    }
+    let mut l = connect(&c, leader);
+    // Whatever it still believes, it must not answer from its own state.
+    let answered = match l.open_tunnel(&a, &c.fleet.tunnel_key) {
+        Ok(mut t) => l.request(&mut t, &VaultRequest::Status),
+        Err(e) => Err(e),
+    };
+    match answered {
+        Ok(VaultResponse::Error(code)) => assert!(code.retryable(), "{code:?}"),
+        Err(TunnelError::Closed(code)) => assert!(code.retryable(), "{code:?}"),
+        other => panic!("a replica without a majority answered: {other:?}"),
+    }
+    // Within an election timeout it stops calling itself leader and /readyz goes false.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while testkit::http_get(c.replicas[leader].admin_addr, "/readyz").0 == 200 {
+        assert!(
+            Instant::now() < deadline,
+            "readyz stayed true without a quorum"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Everyone back: service resumes with the registration intact.
+    for i in 0..3 {
+        if i != leader {
+            c.start(i);
+        }
+    }
+    let st = on_leader(&c, |l| try_status(l, &c, &a));
+    assert_eq!(st.state, RecordState::Registered);
+}
+
+#[test]
+fn a_follower_down_changes_nothing_and_a_lagging_replica_catches_up_by_snapshot() {
+    let mut c = three();
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let follower = (leader + 1) % 3;
+    c.kill9(follower);
+    // Enough writes that the log is snapshotted (snapshot_every = 64 in
+    // the test config) and purged past what the follower has.
+    let a = account("carol");
+    let k = key(3);
+    let mut l = connect(&c, leader);
+    register(&mut l, &c.fleet, &a, b"pw", &k);
+    // ~40 registrations and ~160 counted login starts: well past three
+    // snapshot intervals, so the follower's position is purged.
+    for i in 0..40 {
+        let filler = account(&format!("filler{i}"));
+        register(&mut l, &c.fleet, &filler, b"pw", &key(4));
+        for _ in 0..4 {
+            let r = login_start_only(&mut l, &c.fleet, &filler);
+            assert!(matches!(r, Ok(VaultResponse::LoginStarted { .. })), "{r:?}");
+        }
+    }
+    assert_eq!(login(&mut l, &c.fleet, &a, b"pw").unwrap(), k);
+    let (_, m) = testkit::http_get(c.replicas[leader].admin_addr, "/metrics");
+    assert!(
+        testkit::metric(&m, "vault_raft_snapshots_built_total") >= 1.0,
+        "no snapshot was built"
+    );
+    c.start(follower);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let want = c.status(leader).unwrap()["last_applied_index"].as_u64();
+        if c.status(follower)
+            .and_then(|s| s["last_applied_index"].as_u64())
+            == want
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lagging replica never caught up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, m) = testkit::http_get(c.replicas[follower].admin_addr, "/metrics");
+    assert!(
+        testkit::metric(&m, "vault_raft_snapshots_installed_total") >= 1.0,
+        "caught up without a snapshot?"
+    );
+    // Now the caught-up replica can lead with everything.
+    c.kill9(leader);
+    let got = on_leader(&c, |l| login(l, &c.fleet, &a, b"pw").ok());
+    assert_eq!(got, k);
+}
+
+#[test]
+fn a_partitioned_leader_stops_answering_and_the_majority_carries_on() {
+    let c = three();
+    let old = c.wait_leader(Duration::from_secs(20));
+    let a = account("dave");
+    let k = key(5);
+    {
+        let mut l = connect(&c, old);
+        register(&mut l, &c.fleet, &a, b"pw", &k);
+    }
+    let mut stale = connect(&c, old);
+    c.partition(old, true);
+    // The majority elects someone else.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new = loop {
+        if let Some(l) = c.leader() {
+            if l != old {
+                break l;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "majority did not elect a new leader"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The cut-off replica answers nothing from its state.
+    match stale.open_tunnel(&a, &c.fleet.tunnel_key) {
+        Ok(mut t) => match stale.request(&mut t, &VaultRequest::Status) {
+            Ok(VaultResponse::Error(code)) => assert!(code.retryable()),
+            Err(TunnelError::Closed(code)) => assert!(code.retryable()),
+            Err(TunnelError::Link(_)) => {}
+            other => panic!("partitioned replica answered: {other:?}"),
+        },
+        Err(TunnelError::Closed(code)) => assert!(code.retryable()),
+        Err(TunnelError::Link(_)) => {}
+    }
+    // Spend attempts on the majority side.
+    let mut l = connect(&c, new);
+    for _ in 0..2 {
+        let _ = login(&mut l, &c.fleet, &a, b"wrong");
+    }
+    assert_eq!(status(&mut l, &c.fleet, &a).attempts_remaining, 3);
+    // Heal: the old leader rejoins as a follower and the count stands.
+    c.partition(old, false);
+    let st = on_leader(&c, |l| try_status(l, &c, &a));
+    assert_eq!(
+        st.attempts_remaining, 3,
+        "healing must not return spent attempts"
+    );
+    assert_eq!(on_leader(&c, |l| login(l, &c.fleet, &a, b"pw").ok()), k);
+}
+
+#[test]
+fn restarting_every_replica_at_once_loses_nothing() {
+    let mut c = three();
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let accounts: Vec<_> = (0..5)
+        .map(|i| (account(&format!("user{i}")), key(10 + i)))
+        .collect();
+    {
+        let mut l = connect(&c, leader);
+        for (a, k) in &accounts {
+            register(&mut l, &c.fleet, a, b"pw", k);
+            let _ = login(&mut l, &c.fleet, a, b"wrong");
+        }
+    }
+    for i in 0..3 {
+        c.kill9(i);
+    }
+    c.start_all();
+    for (a, k) in &accounts {
+        let st = on_leader(&c, |l| try_status(l, &c, a));
+        assert_eq!(
+            (st.state, st.attempts_remaining),
+            (RecordState::Registered, 4)
+        );
+        assert_eq!(&on_leader(&c, |l| login(l, &c.fleet, a, b"pw").ok()), k);
+    }
+}

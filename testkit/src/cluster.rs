@@ -1,0 +1,262 @@
+//! A replicated vault on loopback: N replicas with their own SoftHSM
+//! tokens holding one master key (through the real key ceremony), the same
+//! sealed fleet secrets, Raft traffic through fault proxies, and helpers to
+//! form the group, find the leader, kill, restart and partition replicas.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use protocol_spec::ids::FleetId;
+use protocol_spec::keys::{PublicKey, StaticSecret};
+
+use crate::faults::FaultProxy;
+use crate::softhsm::{SoftHsm, Token};
+use crate::vault::{
+    spawn_process, write_config, FleetInfo, RaftSettings, VaultOptions, VaultProcess,
+};
+
+/// One replica's fixed facts.
+pub struct Replica {
+    pub node_id: u64,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub token: Token,
+    pub link_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub source_ip: IpAddr,
+    pub proxy: FaultProxy,
+}
+
+/// The whole group.
+pub struct VaultCluster {
+    pub hsm: SoftHsm,
+    pub replicas: Vec<Replica>,
+    pub procs: Vec<Option<VaultProcess>>,
+    pub chatd_key: StaticSecret,
+    pub fleet: FleetInfo,
+}
+
+fn run_ok(mut c: Command, what: &str) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl VaultCluster {
+    /// Initialises `n` replicas (not started).
+    pub fn new(n: usize, opts: VaultOptions) -> Self {
+        let hsm = SoftHsm::new();
+        let mut seed = [0u8; 32];
+        crate::fill_random(&mut seed);
+        let chatd_key = StaticSecret::from_bytes(seed);
+        let mut replicas = Vec::new();
+        for i in 1..=n {
+            let token = hsm.init_token(&format!("replica{i}"));
+            let dir = hsm.dir().join(format!("replica{i}"));
+            std::fs::create_dir_all(&dir).expect("replica dir");
+            std::fs::write(dir.join("pin"), &token.pin).expect("pin");
+            let raft_port = crate::free_port();
+            let source_ip: IpAddr = format!("127.0.0.{}", 10 + i).parse().expect("ip");
+            let proxy =
+                FaultProxy::start("127.0.0.1:0", SocketAddr::from(([127, 0, 0, 1], raft_port)));
+            let link_port = crate::free_port();
+            let admin_port = crate::free_port();
+            let config = write_config(
+                &dir,
+                &opts,
+                &token.label,
+                &chatd_key.public_key(),
+                link_port,
+                admin_port,
+                Some(&RaftSettings {
+                    node_id: i as u64,
+                    port: raft_port,
+                    bind_source: source_ip.to_string(),
+                    advertise: proxy.addr.to_string(),
+                }),
+            );
+            replicas.push(Replica {
+                node_id: i as u64,
+                dir,
+                config,
+                token,
+                link_addr: SocketAddr::from(([127, 0, 0, 1], link_port)),
+                admin_addr: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+                source_ip,
+                proxy,
+            });
+        }
+        let mut c = VaultCluster {
+            procs: (0..n).map(|_| None).collect(),
+            hsm,
+            replicas,
+            chatd_key,
+            fleet: FleetInfo {
+                fleet_id: FleetId::new("cluster-fleet").expect("fleet id"),
+                tunnel_key: PublicKey([0; 32]),
+                link_key: PublicKey([0; 32]),
+            },
+        };
+        c.initialise();
+        c
+    }
+
+    fn cmd(&self, i: usize) -> Command {
+        let mut c = Command::new(crate::bin("hsm-vault"));
+        c.arg("--config").arg(&self.replicas[i].config);
+        c.env("SOFTHSM2_CONF", self.hsm.conf());
+        c.env_remove("RUST_LOG");
+        c
+    }
+
+    /// `init` on replica 1, then the four-step ceremony and a copy of the
+    /// sealed fleet secrets for every other replica.
+    fn initialise(&mut self) {
+        let mut init = self.cmd(0);
+        init.args(["init", "--fleet-id", "cluster-fleet", "--output", "json"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&run_ok(init, "hsm-vault init")).expect("json");
+        self.fleet.tunnel_key =
+            PublicKey::from_hex(v["tunnel_key"].as_str().expect("key")).expect("key");
+        self.fleet.link_key =
+            PublicKey::from_hex(v["link_key"].as_str().expect("key")).expect("key");
+        let sealed = self.replicas[0].dir.join("data/fleet.sealed");
+        for i in 1..self.replicas.len() {
+            let req = self.replicas[i].dir.join("import-request.txt");
+            let wrapped = self.replicas[i].dir.join("master.wrapped");
+            let mut c = self.cmd(i);
+            c.args(["keys", "import-request", "--out"]).arg(&req);
+            run_ok(c, "keys import-request");
+            let mut c = self.cmd(0);
+            c.args(["keys", "approve", "--request"]).arg(&req);
+            c.env("HSM_VAULT_SO_PIN", &self.replicas[0].token.so_pin);
+            run_ok(c, "keys approve");
+            let mut c = self.cmd(0);
+            c.args(["keys", "export", "--request"])
+                .arg(&req)
+                .arg("--out")
+                .arg(&wrapped);
+            run_ok(c, "keys export");
+            let data = self.replicas[i].dir.join("data");
+            std::fs::create_dir_all(&data).expect("data dir");
+            std::fs::copy(&sealed, data.join("fleet.sealed")).expect("copy fleet.sealed");
+            let mut c = self.cmd(i);
+            c.args(["keys", "import", "--wrapped"]).arg(&wrapped);
+            let out = run_ok(c, "keys import");
+            assert!(
+                out.contains("Verified"),
+                "import must verify against fleet.sealed: {out}"
+            );
+        }
+    }
+
+    pub fn start(&mut self, i: usize) {
+        assert!(self.procs[i].is_none(), "replica {} already running", i + 1);
+        self.procs[i] = Some(spawn_process(self.cmd(i), &self.replicas[i].dir));
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..self.replicas.len() {
+            self.start(i);
+        }
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut p) = self.procs[i].take() {
+            p.kill9();
+        }
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.procs[i].is_some()
+    }
+
+    /// `hsm-vault cluster ...` against replica `i`'s admin listener.
+    pub fn cluster_cmd(&self, i: usize, args: &[&str]) -> String {
+        let mut c = self.cmd(i);
+        c.arg("cluster").args(args);
+        run_ok(c, &format!("cluster {args:?}"))
+    }
+
+    /// init on replica 1, then add and promote every other replica.
+    pub fn form(&self) {
+        self.cluster_cmd(0, &["init"]);
+        self.wait_leader(Duration::from_secs(20));
+        for r in &self.replicas[1..] {
+            self.cluster_cmd(0, &["add-learner", "--node", &r.admin_addr.to_string()]);
+            self.cluster_cmd(0, &["promote", "--node-id", &r.node_id.to_string()]);
+        }
+    }
+
+    pub fn status(&self, i: usize) -> Option<serde_json::Value> {
+        let (code, body) = std::panic::catch_unwind(|| {
+            crate::http_get(self.replicas[i].admin_addr, "/cluster/status")
+        })
+        .ok()?;
+        if code != 200 {
+            return None;
+        }
+        serde_json::from_str(&body).ok()
+    }
+
+    /// The index of the replica that says it leads with a fresh quorum.
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.replicas.len()).find(|&i| {
+            self.is_running(i)
+                && self.status(i).is_some_and(|s| {
+                    s["state"] == "Leader"
+                        && s["millis_since_quorum_ack"]
+                            .as_u64()
+                            .is_some_and(|ms| ms < 1000)
+                })
+        })
+    }
+
+    pub fn wait_leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader() {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader elected within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn link_addrs(&self) -> Vec<SocketAddr> {
+        self.replicas.iter().map(|r| r.link_addr).collect()
+    }
+
+    /// Cuts replica `i` off from every other replica, both directions.
+    pub fn partition(&self, i: usize, on: bool) {
+        self.replicas[i].proxy.cut_all(on);
+        let ip = self.replicas[i].source_ip;
+        for (j, r) in self.replicas.iter().enumerate() {
+            if j != i {
+                r.proxy.cut_source(ip, on);
+            }
+        }
+    }
+
+    /// The store file of replica `i` (for inspecting what it holds).
+    pub fn store_path(&self, i: usize) -> PathBuf {
+        self.replicas[i].dir.join("data/vault.redb")
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        self.procs[i]
+            .as_ref()
+            .map(VaultProcess::log)
+            .unwrap_or_default()
+    }
+}
