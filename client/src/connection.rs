@@ -82,6 +82,9 @@ impl Connection {
         enrolment_code: Option<EnrolmentCode>,
     ) -> Result<Self, ClientError> {
         let url = url_of(&ep.url);
+        // Several crypto providers may be linked (object_store brings one);
+        // rustls needs the process default named once. Already set is fine.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let config = WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
             .max_message_size(Some(64 * 1024));
@@ -271,5 +274,42 @@ async fn next_binary(ws: &mut Ws) -> Result<Vec<u8>, ClientError> {
             Some(Ok(_)) => continue, // pings are answered by the library
             Some(Err(_)) => return Err(ClientError::Dropped),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_get_the_v1_path_once() {
+        assert_eq!(url_of("ws://h:1"), "ws://h:1/v1/connect");
+        assert_eq!(url_of("wss://h/"), "wss://h/v1/connect");
+        assert_eq!(url_of("ws://h:1/v1/connect"), "ws://h:1/v1/connect");
+    }
+
+    /// wss:// really goes through TLS: a server that does not speak TLS is
+    /// reported as a connection failure, not as "TLS not supported".
+    #[tokio::test]
+    async fn wss_uses_tls() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            if let Ok((mut s, _)) = listener.accept().await {
+                let _ = s.write_all(b"HTTP/1.1 400 not tls\r\n\r\n").await;
+            }
+        });
+        let ep = Endpoint {
+            url: format!("wss://{addr}"),
+            chatd_key: PublicKey([1; 32]),
+            account: AccountId::new("a").unwrap(),
+        };
+        let err = Connection::connect(&ep, &StaticSecret::from_bytes([2; 32]), None)
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ClientError::Connect { .. }), "{msg}");
+        assert!(!msg.to_lowercase().contains("not supported"), "{msg}");
     }
 }

@@ -30,9 +30,35 @@ pub enum ClientError {
     /// Reading or writing a backup failed.
     #[error(transparent)]
     Backup(#[from] BackupIoError),
-    /// The profile or a key file is missing or malformed.
+    /// The profile or a key file is missing, malformed or unsafe (for
+    /// example readable by other users). The message says how to fix it.
     #[error("{0}")]
     Profile(String),
+    /// The device key file does not exist: this device was never enrolled.
+    #[error("no device key at {}: this device is not enrolled; run `backupctl enroll --code CODE` with a code from your operator", path.display())]
+    NoDeviceKey { path: std::path::PathBuf },
+    /// The connection failed after a `LoginStart` was sent. Never retried
+    /// automatically: the attempt may have been counted.
+    #[error("{source} during the password check (one password attempt may have been used)")]
+    LoginInterrupted { source: Box<ClientError> },
+    /// What the person typed or piped in cannot be used (an empty or short
+    /// password, a missing confirmation, two inputs both wanting standard
+    /// input). The message says what to do instead.
+    #[error("{0}")]
+    Input(String),
+    /// A typed 64-digit key is malformed; the error names the group.
+    #[error("{0}")]
+    KeyText(#[from] protocol_spec::error::RootKeyError),
+    /// This device holds no backup key (never enabled, or disabled).
+    #[error("no backup key on this device; run `backupctl enable`, or restore first")]
+    NoBackupKey,
+    /// The connection dropped after a first registration was sent, and the
+    /// retry found a record: it may be ours or another device's.
+    #[error("the connection dropped after the new key was sent, so it is unknown whether the vault stored it")]
+    RegistrationUnknown,
+    /// The person declined a confirmation; nothing was changed.
+    #[error("cancelled; nothing was changed")]
+    Cancelled,
 }
 
 impl ClientError {
@@ -44,6 +70,7 @@ impl ClientError {
             ClientError::Closed(c) => c.retryable(),
             ClientError::TunnelClosed(c) => c.retryable(),
             ClientError::Flow(f) => f.retryable(),
+            ClientError::LoginInterrupted { source } => source.retryable(),
             _ => false,
         }
     }

@@ -1,0 +1,295 @@
+//! High-level vault operations for one enrolled device, over chatd.
+//!
+//! This module owns the async operations `backupctl` runs against chatd and
+//! the vault (enrol, status, register, recover `K`, change password,
+//! delete) and the one place where they are retried:
+//!
+//! - connecting and opening a tunnel are retried while nothing has been
+//!   spent (SPEC.md 8.5, 9.4), with [`Backoff::client_default`] and at most
+//!   [`MAX_TRIES`] tries;
+//! - a whole `Status` flow and a whole registration flow (new tunnel, new
+//!   `RegisterStart`) are retried the same way;
+//! - nothing is retried once a `LoginStart` was sent: each one may spend a
+//!   password attempt. Failures after that point come back as
+//!   [`ClientError::LoginInterrupted`] so the person learns an attempt may
+//!   be gone.
+//!
+//! Everything here is IO glue around the sans-IO flows of
+//! [`crate::vault_flow`]; backup files are [`crate::backup`]'s business.
+
+use std::time::{Duration, Instant};
+
+use protocol_spec::ids::EnrolmentCode;
+use protocol_spec::keys::StaticSecret;
+use protocol_spec::messages::vault::{RegistrationMode, StatusReport, VaultRequest};
+use protocol_spec::retry::Backoff;
+use protocol_spec::root_key::{RootKey, ROOT_KEY_ENTROPY_LEN};
+use zeroize::Zeroizing;
+
+use crate::connection::{Connection, VaultTunnel};
+use crate::error::ClientError;
+use crate::profile::{fill_random, Profile};
+use crate::vault_flow::{self, FlowError, PasswordLogin, PasswordRegistration};
+
+/// Most tries of one retryable step (SPEC.md 9.4, interactive operations).
+pub const MAX_TRIES: u32 = 5;
+
+/// No new try starts after this long: each try may itself wait up to
+/// [`crate::connection::REQUEST_TIMEOUT`] on a server that accepts but
+/// never answers.
+pub const RETRY_WINDOW: Duration = Duration::from_secs(60);
+
+/// A fresh root key `K` from the operating system's random generator.
+pub fn new_root_key() -> Result<RootKey, ClientError> {
+    let mut entropy = Zeroizing::new([0u8; ROOT_KEY_ENTROPY_LEN]);
+    fill_random(entropy.as_mut_slice())?;
+    Ok(RootKey::from_entropy(*entropy))
+}
+
+/// The one retry helper: exponential backoff with full jitter, giving up
+/// after [`MAX_TRIES`] tries or at the first error that retrying cannot
+/// fix.
+#[derive(Debug)]
+struct RetryBudget {
+    backoff: Backoff,
+    started: Instant,
+}
+
+impl RetryBudget {
+    fn new() -> Self {
+        RetryBudget {
+            backoff: Backoff::client_default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Waits before the next try, or hands `error` back if it is final.
+    async fn absorb(&mut self, error: ClientError) -> Result<(), ClientError> {
+        if !error.retryable()
+            || self.backoff.attempts() + 1 >= MAX_TRIES
+            || self.started.elapsed() >= RETRY_WINDOW
+        {
+            return Err(error);
+        }
+        let mut random = [0u8; 8];
+        // Without randomness, back off without jitter rather than fail.
+        let random = match getrandom::fill(&mut random) {
+            Ok(()) => u64::from_le_bytes(random),
+            Err(_) => u64::MAX,
+        };
+        let delay = self.backoff.next_delay(random);
+        tracing::debug!(error = %error, ?delay, "retrying");
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+}
+
+/// How `enroll` went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrolment {
+    /// This connection enrolled the device key (the code is now used).
+    EnrolledNow,
+    /// The device key was already enrolled; the code was not needed.
+    AlreadyEnrolled,
+}
+
+/// An enrolled (or enrolling) device acting for the profile's account.
+pub struct Device {
+    profile: Profile,
+    key: StaticSecret,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Device({})", self.profile.account())
+    }
+}
+
+impl Device {
+    pub fn new(profile: Profile, key: StaticSecret) -> Self {
+        Device { profile, key }
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// Connects with the enrolment code. chatd admits an already enrolled
+    /// device without looking at the code, so this also tells whether the
+    /// device was enrolled before.
+    pub async fn enroll(&self, code: &EnrolmentCode) -> Result<Enrolment, ClientError> {
+        let conn = self.connect(Some(code)).await?;
+        let outcome = if conn.hello.enrolled_now {
+            Enrolment::EnrolledNow
+        } else {
+            Enrolment::AlreadyEnrolled
+        };
+        conn.close().await;
+        Ok(outcome)
+    }
+
+    /// The vault's record for this account. Retried as a whole.
+    pub async fn status(&self) -> Result<StatusReport, ClientError> {
+        let mut budget = RetryBudget::new();
+        loop {
+            match self.status_once().await {
+                Ok(s) => return Ok(s),
+                Err(e) => budget.absorb(e).await?,
+            }
+        }
+    }
+
+    /// One try of [`Device::status`], for best-effort checks.
+    pub async fn status_once(&self) -> Result<StatusReport, ClientError> {
+        let (mut conn, mut t) = self.open_once().await?;
+        let r = conn.request(&mut t, &VaultRequest::Status).await?;
+        let report = vault_flow::status_from(&r)?;
+        finish(conn, t).await;
+        Ok(report)
+    }
+
+    /// Escrows `key` under `password` with `mode` `Create` or `Replace`.
+    /// Returns the vault's `max_attempts`. Retried as a whole; see
+    /// [`ClientError::RegistrationUnknown`] for the one ambiguous case.
+    pub async fn register(
+        &self,
+        password: &[u8],
+        mode: RegistrationMode,
+        key: &RootKey,
+    ) -> Result<u32, ClientError> {
+        let mut budget = RetryBudget::new();
+        let mut finish_sent = false;
+        loop {
+            match self
+                .register_once(password, mode, key, &mut finish_sent)
+                .await
+            {
+                Ok(max) => return Ok(max),
+                // An earlier try's RegisterFinish may have committed before
+                // its answer was lost; the record found now may be ours.
+                Err(ClientError::Flow(FlowError::AlreadyRegistered))
+                    if finish_sent && mode == RegistrationMode::Create =>
+                {
+                    return Err(ClientError::RegistrationUnknown)
+                }
+                Err(e) => budget.absorb(e).await?,
+            }
+        }
+    }
+
+    async fn register_once(
+        &self,
+        password: &[u8],
+        mode: RegistrationMode,
+        key: &RootKey,
+        finish_sent: &mut bool,
+    ) -> Result<u32, ClientError> {
+        let (mut conn, mut t) = self.open_once().await?;
+        let (flow, start) = PasswordRegistration::start(password, mode)?;
+        let r = conn.request(&mut t, &start).await?;
+        let finish_req = flow.finish(&r, self.profile.account(), &self.profile.fleet_id, key)?;
+        *finish_sent = true;
+        let r = conn.request(&mut t, &finish_req).await?;
+        let max = vault_flow::registered(&r)?;
+        finish(conn, t).await;
+        Ok(max)
+    }
+
+    /// Logs in with `password` and returns the escrowed `K`. Spends an
+    /// attempt if the password is wrong; never retried after `LoginStart`.
+    pub async fn recover_key(&self, password: &[u8]) -> Result<RootKey, ClientError> {
+        let (mut conn, mut t) = self.open().await?;
+        let key = self.login(&mut conn, &mut t, password).await?;
+        finish(conn, t).await;
+        Ok(key)
+    }
+
+    /// Logs in with `old`, then in the same tunnel escrows the same `K`
+    /// under `new` (mode `ChangePassword`). Returns `K` and `max_attempts`.
+    pub async fn change_password(
+        &self,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<(RootKey, u32), ClientError> {
+        let (mut conn, mut t) = self.open().await?;
+        let key = self.login(&mut conn, &mut t, old).await?;
+        let (flow, start) = PasswordRegistration::start(new, RegistrationMode::ChangePassword)?;
+        let r = conn.request(&mut t, &start).await?;
+        let finish_req = flow.finish(&r, self.profile.account(), &self.profile.fleet_id, &key)?;
+        let r = conn.request(&mut t, &finish_req).await?;
+        let max = vault_flow::registered(&r)?;
+        finish(conn, t).await;
+        Ok((key, max))
+    }
+
+    /// Logs in with `password` and deletes the escrow (password backups
+    /// disabled). Returns `K`, so the caller can check it against the
+    /// device's copy.
+    pub async fn delete(&self, password: &[u8]) -> Result<RootKey, ClientError> {
+        let (mut conn, mut t) = self.open().await?;
+        let key = self.login(&mut conn, &mut t, password).await?;
+        let r = conn.request(&mut t, &VaultRequest::Delete).await?;
+        vault_flow::deleted(&r)?;
+        finish(conn, t).await;
+        Ok(key)
+    }
+
+    /// One login in an open tunnel. Transport failures after `LoginStart`
+    /// was sent become [`ClientError::LoginInterrupted`].
+    async fn login(
+        &self,
+        conn: &mut Connection,
+        t: &mut VaultTunnel,
+        password: &[u8],
+    ) -> Result<RootKey, ClientError> {
+        let account = self.profile.account();
+        let (flow, start) = PasswordLogin::start(password)?;
+        let interrupted = |e: ClientError| match e {
+            ClientError::Flow(_) => e,
+            other => ClientError::LoginInterrupted {
+                source: Box::new(other),
+            },
+        };
+        let r = conn.request(t, &start).await.map_err(interrupted)?;
+        let (finish_req, verified) = flow.finish(&r, account, &self.profile.fleet_id)?;
+        let r = conn.request(t, &finish_req).await.map_err(interrupted)?;
+        Ok(verified.key(&r, account)?)
+    }
+
+    /// Connects, retrying while that can help.
+    async fn connect(&self, code: Option<&EnrolmentCode>) -> Result<Connection, ClientError> {
+        let mut budget = RetryBudget::new();
+        loop {
+            match Connection::connect(&self.profile.endpoint, &self.key, code.cloned()).await {
+                Ok(c) => return Ok(c),
+                Err(e) => budget.absorb(e).await?,
+            }
+        }
+    }
+
+    /// Connects and opens a tunnel, retrying the pair while that can help.
+    async fn open(&self) -> Result<(Connection, VaultTunnel), ClientError> {
+        let mut budget = RetryBudget::new();
+        loop {
+            match self.open_once().await {
+                Ok(pair) => return Ok(pair),
+                Err(e) => budget.absorb(e).await?,
+            }
+        }
+    }
+
+    async fn open_once(&self) -> Result<(Connection, VaultTunnel), ClientError> {
+        let mut conn = Connection::connect(&self.profile.endpoint, &self.key, None).await?;
+        let t = conn
+            .open_tunnel(&self.profile.fleet_key, &self.profile.fleet_id)
+            .await?;
+        Ok((conn, t))
+    }
+}
+
+/// Closes a finished tunnel and its connection politely; the operation has
+/// already succeeded, so failures here do not matter.
+async fn finish(mut conn: Connection, t: VaultTunnel) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close_tunnel(t)).await;
+    conn.close().await;
+}

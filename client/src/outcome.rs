@@ -1,0 +1,210 @@
+//! What a failed `backupctl` command means, to a script and to a person.
+//!
+//! This module owns the table of exit codes (documented in `backupctl
+//! --help`) and the one-sentence explanation, with the next step, printed
+//! for every [`ClientError`]. Nothing here prints key material: errors
+//! never carry any.
+
+use protocol_spec::codes::{CloseCode, TunnelCloseCode, VaultErrorCode};
+
+use crate::backup::BackupIoError;
+use crate::error::ClientError;
+use crate::vault_flow::FlowError;
+
+/// `backupctl`'s exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// Any other error.
+    Other = 1,
+    /// Bad arguments or unusable input (empty or short password, mistyped
+    /// 64-digit key, missing `--yes`, no profile given).
+    Usage = 2,
+    /// The password was wrong; the attempt is spent.
+    WrongPassword = 3,
+    /// The escrowed key was erased after too many wrong passwords.
+    Locked = 4,
+    /// Password backups are not enabled, or this device has no backup key.
+    NotEnabled = 5,
+    /// chatd or the vault could not be reached or is unavailable: retryable.
+    Unavailable = 6,
+    /// The backup is unreadable: corrupt, tampered with, truncated, or made
+    /// with another key.
+    BackupUnreadable = 7,
+    /// This device is not enrolled, was revoked, or the enrolment code was
+    /// rejected.
+    NotEnrolled = 8,
+    /// A local file problem: output exists, input not found, permissions,
+    /// an unsafe or damaged key file or profile.
+    LocalFile = 9,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// The exit code for `e`.
+pub fn exit_for(e: &ClientError) -> Exit {
+    match e {
+        ClientError::Connect { .. } | ClientError::Dropped => Exit::Unavailable,
+        ClientError::Closed(c) => match c {
+            CloseCode::NotEnrolled | CloseCode::EnrolmentRejected | CloseCode::DeviceRevoked => {
+                Exit::NotEnrolled
+            }
+            c if c.retryable() => Exit::Unavailable,
+            _ => Exit::Other,
+        },
+        ClientError::TunnelClosed(c) if c.retryable() => Exit::Unavailable,
+        ClientError::TunnelClosed(_) | ClientError::Protocol(_) => Exit::Other,
+        ClientError::Flow(f) => match f {
+            FlowError::WrongPassword { .. } => Exit::WrongPassword,
+            FlowError::Locked => Exit::Locked,
+            FlowError::NotRegistered => Exit::NotEnabled,
+            FlowError::Vault(c) if c.retryable() => Exit::Unavailable,
+            FlowError::AlreadyRegistered
+            | FlowError::Vault(_)
+            | FlowError::Unexpected(_)
+            | FlowError::Verification => Exit::Other,
+        },
+        ClientError::Backup(b) => match b {
+            BackupIoError::Format { .. } => Exit::BackupUnreadable,
+            BackupIoError::BadLocation { .. } => Exit::Usage,
+            BackupIoError::Read { .. }
+            | BackupIoError::Write { .. }
+            | BackupIoError::Io { .. }
+            | BackupIoError::OutputExists { .. }
+            | BackupIoError::IsDirectory { .. } => Exit::LocalFile,
+            BackupIoError::ObjectStore {
+                source: object_store::Error::NotFound { .. },
+                ..
+            } => Exit::LocalFile,
+            BackupIoError::ObjectStore { .. } => Exit::Unavailable,
+            BackupIoError::ObjectStoreConfig { .. }
+            | BackupIoError::Random { .. }
+            | BackupIoError::Runtime { .. } => Exit::Other,
+        },
+        ClientError::Profile(_) => Exit::LocalFile,
+        ClientError::NoDeviceKey { .. } => Exit::NotEnrolled,
+        ClientError::LoginInterrupted { source } => exit_for(source),
+        ClientError::Input(_) | ClientError::KeyText(_) => Exit::Usage,
+        ClientError::NoBackupKey => Exit::NotEnabled,
+        ClientError::RegistrationUnknown => Exit::Unavailable,
+        ClientError::Cancelled => Exit::Other,
+    }
+}
+
+/// One sentence saying what happened and what to do next.
+pub fn explain(e: &ClientError) -> String {
+    const AGAIN: &str = "try again in a moment";
+    match e {
+        ClientError::Connect { url, reason } => format!(
+            "cannot reach chatd at {url} ({reason}); check the network and chatd_url in the profile, then try again"
+        ),
+        ClientError::Dropped => format!("the connection to chatd dropped; {AGAIN}"),
+        ClientError::Closed(c) => match c {
+            CloseCode::NotEnrolled => "chatd does not know this device for this account: it is not enrolled; run `backupctl enroll --code CODE` with a code from your operator".into(),
+            CloseCode::EnrolmentRejected => "chatd rejected the enrolment code: it is invalid, expired or already used; ask your operator for a new code".into(),
+            CloseCode::DeviceRevoked => "this device's key has been revoked for this account; ask your operator for a new enrolment code, delete the device key file and run `backupctl enroll` again".into(),
+            CloseCode::HandshakeFailed => "chatd refused the handshake; check chatd_key and account in the profile".into(),
+            c if c.retryable() => format!("chatd closed the connection ({}); {AGAIN}", c.reason()),
+            c => format!("chatd closed the connection ({}); check the profile, or upgrade backupctl if this persists", c.reason()),
+        },
+        ClientError::TunnelClosed(c) if c.retryable() => {
+            format!("the vault is unavailable right now ({}); {AGAIN}", c.reason())
+        }
+        ClientError::TunnelClosed(c) => match c {
+            TunnelCloseCode::HandshakeFailed => "the vault refused the tunnel handshake; check fleet_key in the profile".into(),
+            c => format!("the vault closed the tunnel ({}); check fleet_key and fleet_id in the profile, or upgrade backupctl", c.reason()),
+        },
+        ClientError::Protocol(why) => format!(
+            "protocol error: {why}; check the keys in the profile, or upgrade backupctl if this persists"
+        ),
+        ClientError::Flow(f) => explain_flow(f),
+        ClientError::Backup(b) => b.to_string(),
+        ClientError::Profile(why) | ClientError::Input(why) => why.clone(),
+        ClientError::NoDeviceKey { .. } | ClientError::NoBackupKey | ClientError::Cancelled => {
+            e.to_string()
+        }
+        ClientError::KeyText(k) => format!(
+            "{k}; type the 64-digit key again exactly as written down (spaces and dashes are ignored)"
+        ),
+        ClientError::LoginInterrupted { source } => format!(
+            "{} (it happened during the password check, so one password attempt may have been used)",
+            explain(source)
+        ),
+        ClientError::RegistrationUnknown => format!(
+            "{e}; run `backupctl status`: if it says registered, run `backupctl enable --password --replace` to make sure the vault holds this device's key, otherwise try again"
+        ),
+    }
+}
+
+fn explain_flow(f: &FlowError) -> String {
+    match f {
+        FlowError::WrongPassword { attempts_remaining } => {
+            let n = attempts_remaining;
+            let attempts = if *n == 1 { "attempt remains" } else { "attempts remain" };
+            format!("wrong password: {n} {attempts}; at 0 the escrowed key is erased for good")
+        }
+        FlowError::Locked => "the escrowed backup key was erased after too many wrong passwords; backups protected by it cannot be recovered with a password (use the 64-digit key if you kept one)".into(),
+        FlowError::NotRegistered => "password backups are not enabled for this account (the vault holds no key for it); run `backupctl enable --password`, or restore with --key".into(),
+        FlowError::AlreadyRegistered => "password backups are already enabled; use change-password, or enable --password --replace to start over with a new key (the old escrowed key and backups made with it become unrecoverable through the vault)".into(),
+        FlowError::Vault(c) if c.retryable() => {
+            format!("the vault is busy or unavailable ({}); try again in a moment", c.reason())
+        }
+        FlowError::Vault(c) => match c {
+            VaultErrorCode::LoginExpired => "the password check took too long and counted as a failed attempt; run the command again".into(),
+            VaultErrorCode::RecordChanged => "the password backup was changed from another device during this operation; run `backupctl status`, then run the command again".into(),
+            VaultErrorCode::IntegrityFailure => "the vault's stored record for this account failed its integrity check; contact your operator".into(),
+            c => format!("the vault refused the request ({}); upgrade backupctl, or report this if it persists", c.reason()),
+        },
+        FlowError::Unexpected(what) => format!(
+            "unexpected answer from the vault ({what}); upgrade backupctl, or report this if it persists"
+        ),
+        FlowError::Verification => "the vault's answer failed verification; check fleet_key and fleet_id in the profile (or the connection is being tampered with)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_failures_say_try_again_and_exit_6() {
+        for e in [
+            ClientError::Dropped,
+            ClientError::Closed(CloseCode::Draining),
+            ClientError::TunnelClosed(TunnelCloseCode::VaultUnavailable),
+            ClientError::Flow(FlowError::Vault(VaultErrorCode::Unavailable)),
+            ClientError::LoginInterrupted {
+                source: Box::new(ClientError::Dropped),
+            },
+        ] {
+            assert_eq!(exit_for(&e), Exit::Unavailable, "{e:?}");
+            assert!(explain(&e).contains("try again"), "{}", explain(&e));
+        }
+    }
+
+    #[test]
+    fn password_outcomes() {
+        let e = ClientError::Flow(FlowError::WrongPassword {
+            attempts_remaining: 2,
+        });
+        assert_eq!(exit_for(&e), Exit::WrongPassword);
+        assert_eq!(
+            explain(&e),
+            "wrong password: 2 attempts remain; at 0 the escrowed key is erased for good"
+        );
+        assert_eq!(
+            exit_for(&ClientError::Flow(FlowError::Locked)),
+            Exit::Locked
+        );
+        assert_eq!(exit_for(&ClientError::NoBackupKey), Exit::NotEnabled);
+        assert_eq!(
+            exit_for(&ClientError::Closed(CloseCode::EnrolmentRejected)),
+            Exit::NotEnrolled
+        );
+    }
+}
