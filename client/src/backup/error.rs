@@ -61,7 +61,7 @@ pub enum BackupIoError {
     },
 
     /// The output already exists and overwriting was not allowed.
-    #[error("{location} already exists; choose another name or explicitly allow overwriting it")]
+    #[error("{location} already exists; choose another name or allow overwriting it (backupctl: --overwrite)")]
     OutputExists { location: String },
 
     /// The output path names a directory.
