@@ -229,23 +229,34 @@ impl VaultLinks {
             return Err(TunnelCloseCode::VaultUnavailable);
         };
         let link = pool.links[pool.next.fetch_add(1, Ordering::Relaxed) % pool.links.len()].clone();
-        let id = LinkTunnelId(link.next_id.fetch_add(1, Ordering::Relaxed));
-        link.routes.lock().insert(
-            id,
-            Route {
-                conn,
-                tunnel: client_tunnel,
-            },
-        );
-        let frame = LinkFrame::Open {
-            tunnel: id,
-            account: account.clone(),
-            handshake,
+        // The vault requires ids to increase along the link (SPEC 5.3), so
+        // the id is drawn and the frame queued under one lock, after room in
+        // the queue is reserved: concurrent opens can never overtake each
+        // other between the two.
+        let permit = match link.out.reserve().await {
+            Ok(p) if !link.dead.load(Ordering::SeqCst) => p,
+            _ => return Err(TunnelCloseCode::VaultUnavailable),
         };
-        if link.dead.load(Ordering::SeqCst) || link.out.send((frame, received)).await.is_err() {
-            link.routes.lock().remove(&id);
-            return Err(TunnelCloseCode::VaultUnavailable);
-        }
+        let id = {
+            let mut routes = link.routes.lock();
+            let id = LinkTunnelId(link.next_id.fetch_add(1, Ordering::Relaxed));
+            routes.insert(
+                id,
+                Route {
+                    conn,
+                    tunnel: client_tunnel,
+                },
+            );
+            permit.send((
+                LinkFrame::Open {
+                    tunnel: id,
+                    account: account.clone(),
+                    handshake,
+                },
+                received,
+            ));
+            id
+        };
         metrics::counter!("chatd_tunnel_opens_total", "result" => "relayed").increment(1);
         Ok(TunnelHandle {
             link,

@@ -678,3 +678,63 @@ async fn vault_restart_gives_retryable_errors_then_recovery() {
     };
     assert_eq!(got, k);
 }
+
+/// Many clients opening tunnels at once: chatd must hand the vault link
+/// ids in increasing order (SPEC 5.3) even when opens race each other, or
+/// the vault drops the whole link and every tunnel on it fails. The load
+/// generator found this; here it is a test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_tunnel_opens_keep_link_ids_in_order() {
+    let s = stack_with(
+        ChatdOptions {
+            extra_limits: "vault_ops_per_minute = 100000\nhandshakes_per_ip_per_sec = 1000.0\nhandshake_burst = 1000.0".into(),
+            ..ChatdOptions::default()
+        },
+        VaultOptions::default(),
+    );
+    const CLIENTS: usize = 48;
+    const CYCLES: usize = 40;
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let name = format!("racer{i}");
+        clients.push((
+            name.clone(),
+            s.enrolled(&name, &device(100 + i as u8)).await,
+        ));
+    }
+    let (tunnel_key, fleet) = (s.vault.fleet.tunnel_key, s.vault.fleet.fleet_id.clone());
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|(name, mut c)| {
+            let fleet = fleet.clone();
+            tokio::spawn(async move {
+                for _ in 0..CYCLES {
+                    let mut t = c
+                        .open_tunnel(&tunnel_key, &fleet)
+                        .await
+                        .expect("tunnel opens");
+                    let r = c
+                        .request(&mut t, &VaultRequest::Status)
+                        .await
+                        .unwrap_or_else(|e| panic!("{name}: status through chatd failed: {e}"));
+                    let st = vault_flow::status_from(&r).expect("a status answer");
+                    assert_eq!(st.state, RecordState::None);
+                    c.close_tunnel(t).await.expect("tunnel closes");
+                }
+                c.close().await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let log = s.vault_proc.log();
+    assert!(
+        !log.contains("tunnel id reused"),
+        "vault saw ids out of order:\n{log}"
+    );
+    assert!(
+        !s.chatd_proc.log().contains("retired"),
+        "a vault link was retired"
+    );
+}
