@@ -63,7 +63,24 @@ pub fn fill_random(buf: &mut [u8]) {
 
 /// A TCP port free right now on 127.0.0.1 (for servers that must restart on
 /// the same port).
+///
+/// Chosen below the kernel's ephemeral range: a port handed out by
+/// `bind(0)` is also what `connect()` picks as a local port, so under load
+/// an outgoing connection could take it before the server binds it.
 pub fn free_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u16, ephemeral_low.max(10_001));
+    let mut seed = [0u8; 2];
+    for _ in 0..1000 {
+        fill_random(&mut seed);
+        let port = lo + u16::from_le_bytes(seed) % (hi - lo);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
