@@ -40,6 +40,14 @@ Examples:
     replica-2$ hsm-vault --config vault.toml keys import --wrapped master.wrapped
     then copy <data_dir>/fleet.sealed from replica 1 to replica 2 (it is sealed).
 
+  Form a Raft group of three (each replica's [raft] section names its node_id), then check it:
+    replica-1$ hsm-vault --config vault.toml cluster init
+    replica-1$ hsm-vault --config vault.toml cluster add-learner --node 10.0.2.10:7180
+    replica-1$ hsm-vault --config vault.toml cluster promote --node-id 2
+    (the same for replica 3)
+    hsm-vault --config vault.toml cluster status
+  Changes go to the leader; a follower's answer names it and the command follows.
+
 Exit status: 0 on success, 1 on any error (one line on stderr says what to fix), 2 on a usage error.";
 
 #[derive(Parser)]
