@@ -316,15 +316,15 @@ impl Conn {
         let l = self.shared.cfg.limits.clone();
         let idle = Duration::from_secs(l.idle_timeout_secs);
         let mut shutdown = self.shared.shutdown.clone();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut recheck =
             tokio::time::interval(Duration::from_secs(l.revocation_check_secs.max(1)));
         recheck.tick().await;
         loop {
+            let wake = tokio::time::Instant::from_std(self.next_wake(idle));
             let step = tokio::select! {
                 msg = ws.next() => self.on_client(ws, msg).await,
                 Some(ev) = self.events_rx.recv() => self.on_event(ws, ev).await,
-                _ = tick.tick() => self.on_tick(ws, idle).await,
+                _ = tokio::time::sleep_until(wake) => self.on_tick(ws, idle).await,
                 _ = recheck.tick() => self.recheck().await,
                 changed = shutdown.changed() => {
                     let level = if changed.is_err() { Shutdown::Fast } else { *shutdown.borrow_and_update() };
@@ -543,6 +543,21 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// When [`Conn::on_tick`] next has something to do: the ping at half
+    /// the idle time, the idle close, or (while draining) the drain check.
+    /// Sleeping until then, rather than ticking every second, keeps ten
+    /// thousand idle connections from waking chatd ten thousand times a
+    /// second.
+    fn next_wake(&self, idle: Duration) -> Instant {
+        let now = Instant::now();
+        if self.draining_since.is_some() {
+            return now + Duration::from_millis(250);
+        }
+        let ping_due = (self.last_rx + idle / 2).max(self.last_ping + idle / 2);
+        let close_due = self.last_rx + idle;
+        ping_due.min(close_due).max(now + Duration::from_millis(10))
     }
 
     async fn on_tick(&mut self, ws: &mut Ws, idle: Duration) -> Step {
