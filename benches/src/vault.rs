@@ -23,7 +23,7 @@ use std::time::Duration;
 use backup_client::vault_flow::{self, PasswordLogin, PasswordRegistration};
 use hsm_vault::config::HsmConfig;
 use hsm_vault::core::{Now, Platform, Vault, VaultParams, VaultSession};
-use hsm_vault::entropy::{Entropy, OsEntropy};
+use hsm_vault::entropy::{Entropy, OsEntropy, RngAdapter};
 use hsm_vault::hsm::{init_master_key, Hsm};
 use hsm_vault::log::{LocalLog, MemoryLog, RecordLog};
 use hsm_vault::record::{self, RecordBody, Registration, RegistrationNonce};
@@ -72,38 +72,6 @@ impl Entropy for ScriptedEntropy {
         Ok(())
     }
 }
-
-/// `rand_core` over an [`Entropy`], byte for byte like the vault core's own
-/// adapter (every draw is one `fill` of the requested length), so the same
-/// seed gives the same KE2 here and inside the vault.
-struct EntropyRng<'a>(&'a dyn Entropy);
-
-impl RngCore for EntropyRng<'_> {
-    fn next_u32(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        self.fill_bytes(&mut b);
-        u32::from_le_bytes(b)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        self.fill_bytes(&mut b);
-        u64::from_le_bytes(b)
-    }
-
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        if let Err(e) = self.0.fill(dest) {
-            panic!("benchmark entropy failed: {e}");
-        }
-    }
-
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
-    }
-}
-
-impl CryptoRng for EntropyRng<'_> {}
 
 /// A SoftHSM token in a temporary folder with a fresh master key. SoftHSM
 /// reads its configuration once per process, so create this before
@@ -373,7 +341,7 @@ impl BenchVault {
     pub fn bare_full_login(&self, p: &PrecomputedLogin) {
         let entropy = ScriptedEntropy::new(p.seed);
         let ke1 = CredentialRequest::<Suite>::deserialize(&p.ke1).expect("KE1 parses");
-        let state = self.bare_start(&mut EntropyRng(&entropy), ke1);
+        let state = self.bare_start(&mut RngAdapter(&entropy), ke1);
         let ke3 = CredentialFinalization::<Suite>::deserialize(&p.ke3).expect("KE3 parses");
         state
             .finish(ke3, self.login_params())
@@ -393,7 +361,7 @@ impl BenchVault {
                 let ke1 =
                     CredentialRequest::<Suite>::deserialize(&credential_request).expect("KE1");
                 let started = ServerLogin::start(
-                    &mut EntropyRng(&entropy),
+                    &mut RngAdapter(&entropy),
                     &self.setup,
                     Some(self.password_file.clone()),
                     ke1,

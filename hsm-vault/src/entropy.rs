@@ -23,7 +23,16 @@ impl Entropy for OsEntropy {
 }
 
 /// Adapts an [`Entropy`] to the `rand_core` 0.6 traits opaque-ke takes.
-pub(crate) struct RngAdapter<'a>(pub &'a dyn Entropy);
+/// Every draw is exactly one `fill` of the requested length, so a caller
+/// that replays an entropy stream (the login benchmark) gets the vault's
+/// very draws.
+pub struct RngAdapter<'a>(pub &'a dyn Entropy);
+
+impl std::fmt::Debug for RngAdapter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RngAdapter")
+    }
+}
 
 impl RngCore for RngAdapter<'_> {
     fn next_u32(&mut self) -> u32 {

@@ -143,19 +143,16 @@ fn run(args: &Args) -> anyhow::Result<()> {
             rate / bare
         );
     }
-    if let (Some(one), Some(three)) = (
-        results.iter().find(|r| r.setup == "raft-1"),
-        results.iter().find(|r| r.setup == "raft-3"),
-    ) {
-        let rate = |r: &Outcome| r.attempts as f64 / r.elapsed.as_secs_f64();
-        println!("raft-3 / raft-1 = {:.3}", rate(three) / rate(one));
-    }
-    if let (Some(one), Some(three)) = (
-        results.iter().find(|r| r.setup == "standalone"),
-        results.iter().find(|r| r.setup == "raft-3"),
-    ) {
-        let rate = |r: &Outcome| r.attempts as f64 / r.elapsed.as_secs_f64();
-        println!("raft-3 / standalone = {:.3}", rate(three) / rate(one));
+    let rate = |name: &str| {
+        results
+            .iter()
+            .find(|r| r.setup == name)
+            .map(|r| r.attempts as f64 / r.elapsed.as_secs_f64())
+    };
+    for (a, b) in [("raft-3", "raft-1"), ("raft-3", "standalone")] {
+        if let (Some(x), Some(y)) = (rate(a), rate(b)) {
+            println!("{a} / {b} = {:.3}", x / y);
+        }
     }
     Ok(())
 }

@@ -667,3 +667,202 @@ fn tampered_and_swapped_records_are_refused() {
     // Nothing was written while refusing.
     assert_eq!(f.raw_record(&b), Some(rb));
 }
+
+/// Model-based: random interleavings of right and wrong logins, abandoned
+/// and pending starts, garbage finishes, tunnel closes, clock jumps past the
+/// login timeout and crashes (a new core over the same log), on one
+/// account. Whatever the order, the vault never answers more than `MAX`
+/// KE2s between successes, reports exactly the attempts spent, and once it
+/// has said the record is locked the right password never works again.
+mod model {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Right(usize),
+        Wrong(usize),
+        StartOnly(usize),
+        GarbageFinish(usize, Vec<u8>),
+        Close(usize),
+        Status,
+        Advance(u64),
+        Crash,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => (0..3usize).prop_map(Op::Right),
+            4 => (0..3usize).prop_map(Op::Wrong),
+            3 => (0..3usize).prop_map(Op::StartOnly),
+            2 => (0..3usize, proptest::collection::vec(any::<u8>(), 0..80))
+                .prop_map(|(s, b)| Op::GarbageFinish(s, b)),
+            2 => (0..3usize).prop_map(Op::Close),
+            2 => Just(Op::Status),
+            1 => (1..120u64).prop_map(Op::Advance),
+            1 => Just(Op::Crash),
+        ]
+    }
+
+    struct Model {
+        /// KE2 answers since the last success (pending ones included).
+        spent: u32,
+        locked_seen: bool,
+    }
+
+    impl Model {
+        fn saw(&mut self, r: &VaultResponse) {
+            match r {
+                VaultResponse::LoginStarted { .. } => {
+                    self.spent += 1;
+                    assert!(
+                        self.spent <= MAX,
+                        "KE2 number {} between successes",
+                        self.spent
+                    );
+                }
+                VaultResponse::LoginSucceeded { .. } => {
+                    assert!(
+                        !self.locked_seen,
+                        "a login succeeded after the record was locked"
+                    );
+                    self.spent = 0;
+                }
+                VaultResponse::Locked => self.locked_seen = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// A login in `s` whose every answer the model sees (the start's KE2
+    /// as well as the finish). Returns K on success.
+    fn login_observed(
+        f: &Fixture,
+        s: &mut VaultSession,
+        password: &[u8],
+        m: &mut Model,
+    ) -> Option<RootKey> {
+        let acct = s.account().clone();
+        let start = ClientLogin::<Suite>::start(&mut OsRng, password).unwrap();
+        let r = f.req(
+            s,
+            VaultRequest::LoginStart {
+                credential_request: start.message.serialize().to_vec(),
+            },
+        );
+        m.saw(&r);
+        let VaultResponse::LoginStarted {
+            credential_response,
+            ..
+        } = r
+        else {
+            return None;
+        };
+        let ksf = opaque::ksf();
+        let finish = start.state.finish(
+            &mut OsRng,
+            password,
+            opaque_ke::CredentialResponse::deserialize(&credential_response).unwrap(),
+            ClientLoginFinishParameters::new(
+                Some(opaque::CONTEXT),
+                opaque::identifiers(&acct, &f.fleet),
+                Some(&ksf),
+            ),
+        );
+        let (ke3, export_key) = match finish {
+            Ok(fin) => (fin.message.serialize().to_vec(), Some(fin.export_key)),
+            // Wrong password: a hostile client sends garbage anyway.
+            Err(_) => (vec![0u8; 64], None),
+        };
+        let r = f.req(
+            s,
+            VaultRequest::LoginFinish {
+                credential_finalization: ke3,
+            },
+        );
+        m.saw(&r);
+        match (r, export_key) {
+            (VaultResponse::LoginSucceeded { wrapped_key }, Some(ek)) => {
+                Some(keywrap::unwrap(&ek, &acct, &wrapped_key).unwrap())
+            }
+            (VaultResponse::LoginSucceeded { .. }, None) => panic!("a wrong password logged in"),
+            _ => None,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn attempt_limit_holds_under_any_interleaving(ops in proptest::collection::vec(op(), 1..24)) {
+            let log = Arc::new(MemoryLog::default());
+            let setup = ServerSetup::<Suite>::new(&mut OsRng);
+            let a = account("eve");
+            let mut f = fixture_with(setup.clone(), log.clone());
+            f.register(&a, b"pw", &root_key(1), RegistrationMode::Create);
+            let mut sessions: Vec<VaultSession> = (0..3).map(|_| VaultSession::new(a.clone())).collect();
+            let mut m = Model { spent: 0, locked_seen: false };
+            for op in ops {
+                match op {
+                    Op::Right(i) => {
+                        if let Some(k) = login_observed(&f, &mut sessions[i], b"pw", &mut m) {
+                            prop_assert_eq!(k, root_key(1));
+                        }
+                        sessions[i] = VaultSession::new(a.clone());
+                    }
+                    Op::Wrong(i) => {
+                        prop_assert!(login_observed(&f, &mut sessions[i], b"not the password", &mut m).is_none());
+                        sessions[i] = VaultSession::new(a.clone());
+                    }
+                    Op::StartOnly(i) => {
+                        let start = ClientLogin::<Suite>::start(&mut OsRng, b"pw").unwrap();
+                        let r = f.req(&mut sessions[i], VaultRequest::LoginStart {
+                            credential_request: start.message.serialize().to_vec(),
+                        });
+                        m.saw(&r);
+                    }
+                    Op::GarbageFinish(i, bytes) => {
+                        let r = f.req(&mut sessions[i], VaultRequest::LoginFinish { credential_finalization: bytes });
+                        prop_assert!(!matches!(r, VaultResponse::LoginSucceeded { .. }), "a garbage KE3 logged in");
+                        m.saw(&r);
+                    }
+                    Op::Close(i) => {
+                        f.vault.close(f.now, &mut sessions[i]);
+                        sessions[i] = VaultSession::new(a.clone());
+                    }
+                    Op::Status => {
+                        let st = f.status(&a);
+                        match st.state {
+                            RecordState::Registered => {
+                                prop_assert!(!m.locked_seen);
+                                prop_assert_eq!(st.attempts_remaining, MAX - m.spent);
+                            }
+                            RecordState::Locked => m.locked_seen = true,
+                            RecordState::None => prop_assert!(false, "the record vanished without a lock"),
+                        }
+                    }
+                    Op::Advance(secs) => {
+                        f.now = Now {
+                            instant: f.now.instant + Duration::from_secs(secs),
+                            unix_secs: f.now.unix_secs + secs,
+                        };
+                    }
+                    Op::Crash => {
+                        let now = f.now;
+                        f = fixture_with(setup.clone(), log.clone());
+                        f.now = now;
+                        sessions = (0..3).map(|_| VaultSession::new(a.clone())).collect();
+                    }
+                }
+            }
+            // Whatever happened, a final status agrees with the model.
+            let st = f.status(&a);
+            if m.locked_seen {
+                prop_assert_eq!(st.state, RecordState::Locked);
+                prop_assert!(f.login(&a, b"pw").1.is_none());
+            } else if st.state == RecordState::Registered {
+                prop_assert_eq!(st.attempts_remaining, MAX - m.spent);
+            }
+        }
+    }
+}
