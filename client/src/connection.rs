@@ -96,9 +96,19 @@ impl Connection {
                 url: url.clone(),
                 reason: "timed out".into(),
             })?
-            .map_err(|e| ClientError::Connect {
-                url: url.clone(),
-                reason: describe_ws_error(&e),
+            .map_err(|e| {
+                let reason = describe_ws_error(&e);
+                if refused_for_good(&e) {
+                    ClientError::Refused {
+                        url: url.clone(),
+                        reason,
+                    }
+                } else {
+                    ClientError::Connect {
+                        url: url.clone(),
+                        reason,
+                    }
+                }
             })?;
         let hello = ClientHello {
             account: ep.account.clone(),
@@ -259,6 +269,22 @@ fn describe_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
     }
 }
 
+/// Whether an upgrade failure will repeat on retry: a client error status
+/// (the wrong path, host or proxy) or a URL that cannot be used. Timeouts
+/// (408), rate limits (429), server errors and network failures are worth
+/// another try.
+fn refused_for_good(e: &tokio_tungstenite::tungstenite::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error as E;
+    match e {
+        E::Http(resp) => {
+            let s = resp.status().as_u16();
+            (400..500).contains(&s) && s != 408 && s != 429
+        }
+        E::Url(_) => true,
+        _ => false,
+    }
+}
+
 /// The next binary message; a close frame becomes [`ClientError::Closed`].
 async fn next_binary(ws: &mut Ws) -> Result<Vec<u8>, ClientError> {
     loop {
@@ -311,5 +337,38 @@ mod tests {
         let msg = err.to_string();
         assert!(matches!(err, ClientError::Connect { .. }), "{msg}");
         assert!(!msg.to_lowercase().contains("not supported"), "{msg}");
+    }
+
+    /// A server that answers the upgrade with 404 is a wrong URL, reported
+    /// as such and not retried; 503 (draining) is worth a retry.
+    #[tokio::test]
+    async fn http_refusals_are_final_only_when_they_will_repeat() {
+        for (status, final_) in [("404 Not Found", true), ("503 Service Unavailable", false)] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                if let Ok((mut s, _)) = listener.accept().await {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                    let _ = s.write_all(reply.as_bytes()).await;
+                }
+            });
+            let ep = Endpoint {
+                url: format!("ws://{addr}"),
+                chatd_key: PublicKey([1; 32]),
+                account: AccountId::new("a").unwrap(),
+            };
+            let err = Connection::connect(&ep, &StaticSecret::from_bytes([2; 32]), None)
+                .await
+                .unwrap_err();
+            assert_eq!(err.retryable(), !final_, "{status}: {err}");
+            assert_eq!(
+                matches!(err, ClientError::Refused { .. }),
+                final_,
+                "{status}: {err}"
+            );
+        }
     }
 }

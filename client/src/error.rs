@@ -12,6 +12,11 @@ pub enum ClientError {
     /// chatd could not be reached or the connection broke.
     #[error("cannot reach chatd at {url}: {reason}")]
     Connect { url: String, reason: String },
+    /// Something answered at the URL but refused the WebSocket upgrade for
+    /// good (HTTP 4xx other than 408/429, or an unusable URL): retrying
+    /// the same URL cannot help.
+    #[error("chatd at {url} refused the connection: {reason}")]
+    Refused { url: String, reason: String },
     /// chatd closed the connection with a documented code.
     #[error("chatd closed the connection: {}", .0.reason())]
     Closed(CloseCode),

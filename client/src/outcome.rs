@@ -50,6 +50,7 @@ impl Exit {
 pub fn exit_for(e: &ClientError) -> Exit {
     match e {
         ClientError::Connect { .. } | ClientError::Dropped => Exit::Unavailable,
+        ClientError::Refused { .. } => Exit::Other,
         ClientError::Closed(c) => match c {
             CloseCode::NotEnrolled | CloseCode::EnrolmentRejected | CloseCode::DeviceRevoked => {
                 Exit::NotEnrolled
@@ -100,6 +101,9 @@ pub fn exit_for(e: &ClientError) -> Exit {
 pub fn explain(e: &ClientError) -> String {
     const AGAIN: &str = "try again in a moment";
     match e {
+        ClientError::Refused { url, reason } => format!(
+            "chatd at {url} refused the connection ({reason}); check chatd_url in the profile"
+        ),
         ClientError::Connect { url, reason } => format!(
             "cannot reach chatd at {url} ({reason}); check the network and chatd_url in the profile, then try again"
         ),
