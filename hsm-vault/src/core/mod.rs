@@ -51,7 +51,7 @@ use crate::Error;
 /// Compare-and-set retries before answering `busy`. Conflicts only happen
 /// when another replica (or a stale read) raced us; one retry nearly always
 /// suffices.
-const CAS_RETRIES: usize = 4;
+const CAS_RETRIES: usize = 5;
 /// Shards of the per-account lock.
 const LOCK_SHARDS: usize = 256;
 
@@ -301,9 +301,17 @@ impl Vault {
         };
         let account = session.account.clone();
         let _guard = self.lock(&account);
+        // The first read may be stale (no quorum round): whatever it leads
+        // to is either a compare-and-set commit, which fails on a stale
+        // version, or is read again linearizably before it is answered.
+        let mut fresh = false;
         for _ in 0..CAS_RETRIES {
-            let cur = self.load(&account)?;
+            let cur = self.load_for(&account, fresh)?;
             let reg = match &cur.body {
+                RecordBody::Deleted | RecordBody::Locked { .. } if !fresh => {
+                    fresh = true;
+                    continue;
+                }
                 RecordBody::Deleted => {
                     metrics::counter!("vault_logins_total", "result" => "not_registered")
                         .increment(1);
@@ -317,6 +325,10 @@ impl Vault {
             };
             if reg.attempts_used >= self.params.max_attempts {
                 if self.in_flight(&account, &reg.registration_nonce) {
+                    if !fresh {
+                        fresh = true;
+                        continue;
+                    }
                     // Another tunnel holds the last attempt; its outcome
                     // decides whether the record lives.
                     return Ok(vault_error(VaultErrorCode::Busy));
@@ -326,7 +338,10 @@ impl Vault {
                         metrics::counter!("vault_logins_total", "result" => "locked").increment(1);
                         return Ok(VaultResponse::Locked);
                     }
-                    Commit::Conflict => continue,
+                    Commit::Conflict => {
+                        fresh = true;
+                        continue;
+                    }
                 }
             }
             // Count first: the increment is durable before KE2 exists.
@@ -338,7 +353,10 @@ impl Vault {
                 &RecordBody::Registered(counted.clone()),
             )? {
                 Commit::Done => {}
-                Commit::Conflict => continue,
+                Commit::Conflict => {
+                    fresh = true;
+                    continue;
+                }
             }
             metrics::counter!("vault_attempts_total").increment(1);
             self.failpoint(Failpoint::AttemptCommitted);
@@ -429,10 +447,17 @@ impl Vault {
             }
             return Ok(vault_error(VaultErrorCode::Busy));
         }
+        // As in login_start: a possibly stale first read, confirmed by the
+        // compare-and-set commit or re-read linearizably before answering.
+        let mut fresh = false;
         for _ in 0..CAS_RETRIES {
-            let cur = self.load(&account)?;
+            let cur = self.load_for(&account, fresh)?;
             let reg = match &cur.body {
                 RecordBody::Registered(r) if r.registration_nonce == nonce => r,
+                _ if !fresh => {
+                    fresh = true;
+                    continue;
+                }
                 _ => return Ok(vault_error(VaultErrorCode::RecordChanged)),
             };
             let wrapped_key = reg.wrapped_key()?;
@@ -440,7 +465,10 @@ impl Vault {
             reset.attempts_used = 0;
             match self.commit(&account, cur.version, &RecordBody::Registered(reset))? {
                 Commit::Done => {}
-                Commit::Conflict => continue,
+                Commit::Conflict => {
+                    fresh = true;
+                    continue;
+                }
             }
             self.failpoint(Failpoint::ResetCommitted);
             session.state = SessionState::LoggedIn { nonce };
@@ -677,7 +705,18 @@ impl Vault {
     }
 
     fn load(&self, account: &AccountId) -> Result<Current, Error> {
-        match self.platform.log.read(account)? {
+        self.load_for(account, true)
+    }
+
+    /// [`Vault::load`], linearizable when `fresh`, else through
+    /// [`RecordLog::read_for_update`] (possibly stale; see its rules).
+    fn load_for(&self, account: &AccountId, fresh: bool) -> Result<Current, Error> {
+        let stored = if fresh {
+            self.platform.log.read(account)?
+        } else {
+            self.platform.log.read_for_update(account)?
+        };
+        match stored {
             None => Ok(Current {
                 version: 0,
                 body: RecordBody::Deleted,

@@ -113,6 +113,13 @@ impl RecordLog for RaftLog {
         }
     }
 
+    /// This replica's applied state, without a quorum round: the core only
+    /// builds compare-and-set commits on it (which conflict if it was
+    /// stale) or re-reads with [`RecordLog::read`] before answering.
+    fn read_for_update(&self, account: &AccountId) -> Result<Option<StoredRecord>, Error> {
+        self.store.get(account)
+    }
+
     fn commit(&self, cmd: Command) -> Result<ApplyOutcome, Error> {
         let raft = self.raft.clone();
         let written = self
