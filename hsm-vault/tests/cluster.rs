@@ -293,3 +293,37 @@ fn restarting_every_replica_at_once_loses_nothing() {
         assert_eq!(&on_leader(&c, |l| login(l, &c.fleet, a, b"pw").ok()), k);
     }
 }
+
+/// The Raft listener faces the network. Connections that never complete a
+/// handshake (an attacker without the fleet key, or peers that vanished)
+/// must not starve the replicas of slots: with a hundred silent
+/// connections held against every replica's Raft port, the group still
+/// answers linearizable reads, elects a new leader after the old one is
+/// killed, and keeps every registration.
+#[test]
+fn silent_connections_to_the_raft_port_do_not_block_the_group() {
+    let mut c = three();
+    let leader = c.wait_leader(Duration::from_secs(20));
+    let a = account("quiet");
+    {
+        let mut l = connect(&c, leader);
+        register(&mut l, &c.fleet, &a, b"pw", &key(7));
+    }
+    let mut silent = Vec::new();
+    for r in &c.replicas {
+        for _ in 0..100 {
+            if let Ok(s) = std::net::TcpStream::connect(r.raft_addr) {
+                silent.push(s);
+            }
+        }
+    }
+    assert!(!silent.is_empty(), "the silent connections could connect");
+    // Reads need a quorum round through fresh or pooled peer connections.
+    let st = on_leader(&c, |l| try_status(l, &c, &a));
+    assert_eq!(st.state, RecordState::Registered);
+    c.kill9(leader);
+    let st = on_leader(&c, |l| try_status(l, &c, &a));
+    assert_eq!(st.state, RecordState::Registered);
+    assert_eq!(st.attempts_remaining, 5);
+    drop(silent);
+}

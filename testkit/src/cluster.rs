@@ -25,6 +25,8 @@ pub struct Replica {
     pub token: Token,
     pub link_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The replica's own Raft listener (peers reach it through `proxy`).
+    pub raft_addr: SocketAddr,
     pub source_ip: IpAddr,
     pub proxy: FaultProxy,
 }
@@ -89,6 +91,7 @@ impl VaultCluster {
                 token,
                 link_addr: SocketAddr::from(([127, 0, 0, 1], link_port)),
                 admin_addr: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+                raft_addr: SocketAddr::from(([127, 0, 0, 1], raft_port)),
                 source_ip,
                 proxy,
             });

@@ -4,11 +4,15 @@
 //!
 //! Frame plaintext: the protocol version byte, then the postcard encoding
 //! of a [`PeerRequest`] or [`PeerResponse`]. One request at a time per
-//! connection; a client reconnects after any error.
+//! connection. Healthy connections are pooled per peer and reused by the
+//! next client (openraft makes a client per read-index round and per
+//! election); a connection that fails is dropped, and a reused one that
+//! fails is replaced by a fresh one once.
 
 // openraft's error types are large and fixed by its trait signatures.
 #![allow(clippy::result_large_err)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +67,24 @@ fn unframe<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, String> {
     }
 }
 
+/// Established connections kept for reuse, per peer address.
+type Pool = Arc<Mutex<HashMap<String, Vec<PeerConn>>>>;
+
+/// Connections kept idle per peer. openraft asks for a new client for every
+/// read-index round and every election; without reuse each would cost a
+/// TCP connect and a Noise_KK handshake inside the heartbeat interval.
+const POOL_PER_PEER: usize = 4;
+/// A pooled connection idle longer than this is dropped rather than reused
+/// (the serving side closes connections idle for [`PEER_IDLE_TIMEOUT`]).
+const POOL_MAX_IDLE: Duration = Duration::from_secs(20);
+/// The serving side closes a connection with no request for this long.
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time an incoming connection has to complete its handshake.
+const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once, in all and from one address.
+const MAX_PEER_CONNS: usize = 256;
+const MAX_PEER_CONNS_PER_IP: usize = 16;
+
 /// Makes clients for Raft to reach other replicas.
 #[derive(Clone)]
 pub struct PeerNetwork {
@@ -70,6 +92,7 @@ pub struct PeerNetwork {
     /// Optional source address for outgoing connections (lets tests and
     /// operators filter replica traffic by address).
     bind_source: Option<std::net::IpAddr>,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for PeerNetwork {
@@ -91,6 +114,7 @@ impl PeerNetwork {
         PeerNetwork {
             key: Arc::new(key),
             bind_source,
+            pool: Arc::default(),
         }
     }
 }
@@ -105,6 +129,7 @@ impl RaftNetworkFactory<VaultRaft> for PeerNetwork {
             key: self.key.clone(),
             bind_source: self.bind_source,
             conn: None,
+            pool: self.pool.clone(),
         }
     }
 }
@@ -112,6 +137,7 @@ impl RaftNetworkFactory<VaultRaft> for PeerNetwork {
 struct PeerConn {
     stream: TcpStream,
     transport: Transport,
+    last_used: std::time::Instant,
 }
 
 /// One replica's connection to another.
@@ -121,9 +147,36 @@ pub struct PeerClient {
     key: Arc<StaticSecret>,
     bind_source: Option<std::net::IpAddr>,
     conn: Option<PeerConn>,
+    pool: Pool,
+}
+
+impl Drop for PeerClient {
+    /// A client's healthy connection goes back to the pool for the next
+    /// client of the same peer.
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let mut pool = self.pool.lock();
+            let idle = pool.entry(self.addr.clone()).or_default();
+            if idle.len() < POOL_PER_PEER {
+                idle.push(c);
+            }
+        }
+    }
 }
 
 impl PeerClient {
+    /// A pooled connection to this peer that has not idled too long.
+    fn pooled(&self) -> Option<PeerConn> {
+        let mut pool = self.pool.lock();
+        let idle = pool.get_mut(&self.addr)?;
+        while let Some(c) = idle.pop() {
+            if c.last_used.elapsed() < POOL_MAX_IDLE {
+                return Some(c);
+            }
+        }
+        None
+    }
+
     async fn connect(&self) -> Result<PeerConn, String> {
         let addr: std::net::SocketAddr = tokio::net::lookup_host(&self.addr)
             .await
@@ -157,38 +210,63 @@ impl PeerClient {
         let (_, transport) = waiting
             .read_response(&m2)
             .map_err(|_| "peer handshake failed (not our fleet?)")?;
-        Ok(PeerConn { stream, transport })
+        Ok(PeerConn {
+            stream,
+            transport,
+            last_used: std::time::Instant::now(),
+        })
     }
 
     async fn call(&mut self, req: PeerRequest, ttl: Duration) -> Result<PeerResponse, String> {
+        let body = frame(&req)?;
         let result = tokio::time::timeout(ttl, async {
-            if self.conn.is_none() {
-                self.conn = Some(self.connect().await?);
+            // A reused connection may have been closed by the peer while it
+            // idled: then try once more on a fresh one (every Raft RPC is
+            // safe to repeat).
+            let mut use_pool = true;
+            loop {
+                let reused = self
+                    .conn
+                    .take()
+                    .or_else(|| if use_pool { self.pooled() } else { None });
+                let is_reused = reused.is_some();
+                let mut c = match reused {
+                    Some(c) => c,
+                    None => self.connect().await?,
+                };
+                match Self::round_trip(&mut c, &body, ttl).await {
+                    Ok(r) => {
+                        c.last_used = std::time::Instant::now();
+                        self.conn = Some(c);
+                        return Ok(r);
+                    }
+                    Err(e) if is_reused => {
+                        tracing::debug!(target = self.target, error = %e, "reused peer connection failed; connecting afresh");
+                        use_pool = false;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            let Some(c) = self.conn.as_mut() else {
-                return Err("not connected".to_string());
-            };
-            let sealed = c.transport.seal(&frame(&req)?).map_err(|e| e.to_string())?;
-            write_record(&mut c.stream, &sealed)
-                .await
-                .map_err(|e| e.to_string())?;
-            c.stream.flush().await.map_err(|e| e.to_string())?;
-            let rec = read_record(&mut c.stream, MAX_PEER_RECORD, ttl)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("peer closed")?;
-            let plain = c
-                .transport
-                .open(&rec, MAX_PEER_RECORD)
-                .map_err(|e| e.to_string())?;
-            unframe(&plain)
         })
         .await
         .unwrap_or_else(|_| Err("timeout".into()));
-        if result.is_err() {
-            self.conn = None;
-        }
-        result
+        result.and_then(|plain| unframe(&plain))
+    }
+
+    /// Sends one framed request on `c` and returns the answer's plaintext.
+    async fn round_trip(c: &mut PeerConn, body: &[u8], ttl: Duration) -> Result<Vec<u8>, String> {
+        let sealed = c.transport.seal(body).map_err(|e| e.to_string())?;
+        write_record(&mut c.stream, &sealed)
+            .await
+            .map_err(|e| e.to_string())?;
+        c.stream.flush().await.map_err(|e| e.to_string())?;
+        let rec = read_record(&mut c.stream, MAX_PEER_RECORD, ttl)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("peer closed")?;
+        c.transport
+            .open(&rec, MAX_PEER_RECORD)
+            .map_err(|e| e.to_string())
     }
 
     fn unreachable<E: std::error::Error>(&self, e: String) -> RPCError<NodeId, VaultNode, E> {
@@ -254,24 +332,42 @@ impl RaftNetwork<VaultRaft> for PeerClient {
 }
 
 /// Serves other replicas' RPCs until the listener is dropped.
+///
+/// The listener faces the network, so nothing before the handshake may hold
+/// a slot for long: the handshake must complete within 5 s, one address may
+/// hold at most 16 connections, and a connection with no request for
+/// [`PEER_IDLE_TIMEOUT`] is closed (which also reaps connections whose peer
+/// vanished without a FIN).
 pub async fn serve(listener: TcpListener, raft: Raft<VaultRaft>, key: StaticSecret) {
     let key = Arc::new(key);
-    let conns = Arc::new(Mutex::new(0usize));
+    let conns: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        if *conns.lock() >= 64 {
-            continue; // a handful of replicas never need more
+        {
+            let mut c = conns.lock();
+            let total: usize = c.values().sum();
+            let mine = c.entry(peer.ip()).or_default();
+            if total >= MAX_PEER_CONNS || *mine >= MAX_PEER_CONNS_PER_IP {
+                tracing::debug!(%peer, "peer connection refused: too many connections");
+                continue;
+            }
+            *mine += 1;
         }
-        *conns.lock() += 1;
         let (raft, key, conns) = (raft.clone(), key.clone(), conns.clone());
         tokio::spawn(async move {
             if let Err(e) = serve_peer(stream, raft, &key).await {
                 tracing::debug!(%peer, error = %e, "peer connection ended");
             }
-            *conns.lock() -= 1;
+            let mut c = conns.lock();
+            if let Some(n) = c.get_mut(&peer.ip()) {
+                *n -= 1;
+                if *n == 0 {
+                    c.remove(&peer.ip());
+                }
+            }
         });
     }
 }
@@ -282,23 +378,36 @@ async fn serve_peer(
     key: &StaticSecret,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
-    let m1 = read_record(&mut stream, MAX_PEER_RECORD, Duration::from_secs(5))
+    let handshake = async {
+        let m1 = read_record(
+            &mut stream,
+            protocol_spec::limits::MAX_HANDSHAKE_MESSAGE,
+            PEER_HANDSHAKE_TIMEOUT,
+        )
         .await
         .map_err(|e| e.to_string())?
         .ok_or("closed before handshake")?;
-    let first = Responder::peer(key, &key.public_key())
-        .and_then(|r| r.read_first(&m1))
-        .map_err(|_| "peer handshake failed (not our fleet?)")?;
-    let (m2, mut transport) = first.state.write_response(&[]).map_err(|e| e.to_string())?;
-    write_record(&mut stream, &m2)
-        .await
-        .map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())?;
-    loop {
-        let Some(rec) = read_record(&mut stream, MAX_PEER_RECORD, Duration::from_secs(30))
+        let first = Responder::peer(key, &key.public_key())
+            .and_then(|r| r.read_first(&m1))
+            .map_err(|_| "peer handshake failed (not our fleet?)")?;
+        let (m2, transport) = first.state.write_response(&[]).map_err(|e| e.to_string())?;
+        write_record(&mut stream, &m2)
             .await
-            .map_err(|e| e.to_string())?
-        else {
+            .map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(transport)
+    };
+    let mut transport = tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| "handshake timed out".to_string())??;
+    loop {
+        let next = tokio::time::timeout(
+            PEER_IDLE_TIMEOUT,
+            read_record(&mut stream, MAX_PEER_RECORD, Duration::from_secs(30)),
+        )
+        .await
+        .map_err(|_| "idle".to_string())?;
+        let Some(rec) = next.map_err(|e| e.to_string())? else {
             return Ok(());
         };
         let plain = transport
