@@ -85,6 +85,44 @@ impl RecordStore {
         &self.path
     }
 
+    /// Ties the store to how it is served: `standalone`, or `raft node N`.
+    /// The first start records it; a later start in another mode is refused,
+    /// because records written outside the replicated log (or a log and
+    /// vote that belonged to another node id) would make replicas diverge.
+    pub fn bind_mode(&self, mode: &str) -> Result<(), Error> {
+        let store_err = |reason: String| Error::Store {
+            path: self.path.clone(),
+            reason,
+        };
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| store_err(e.to_string()))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| store_err(e.to_string()))?;
+            let bound = meta
+                .get("mode")
+                .map_err(|e| store_err(e.to_string()))?
+                .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+            match bound {
+                None => {
+                    meta.insert("mode", mode.as_bytes())
+                        .map_err(|e| store_err(e.to_string()))?;
+                }
+                Some(b) if b == mode => {}
+                Some(b) => {
+                    return Err(store_err(format!(
+                        "it was served as {b} and this configuration serves it as {mode}; \
+                         a store cannot change mode or node id (to move a replica into a \
+                         group, start it with an empty data_dir and add it with \
+                         `hsm-vault cluster add-learner`)"
+                    )))
+                }
+            }
+        }
+        txn.commit().map_err(|e| store_err(e.to_string()))
+    }
+
     /// The underlying database, shared with the replicated log's tables.
     pub(crate) fn db(&self) -> &std::sync::Arc<Database> {
         &self.db

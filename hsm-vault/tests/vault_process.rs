@@ -387,6 +387,18 @@ fn start_up_errors_are_one_clear_message() {
     assert!(e.contains("/nonexistent/libpkcs11.so"), "{e}");
     let e = run(&[("HSM_VAULT_HSM__KEY_LABEL", "other-key")]);
     assert!(e.contains("no master key labelled \"other-key\""), "{e}");
+    // A store served standalone cannot be served as a Raft member (its
+    // records were never in the replicated log), nor the reverse.
+    let mut standalone = f.spawn();
+    standalone.kill9();
+    let e = run(&[
+        ("HSM_VAULT_RAFT__NODE_ID", "1"),
+        ("HSM_VAULT_RAFT__LISTEN", "127.0.0.1:0"),
+    ]);
+    assert!(
+        e.contains("served as standalone") && e.contains("cannot change mode"),
+        "{e}"
+    );
     // Unreadable store.
     std::fs::write(f.data_dir().join("vault.redb"), b"garbage garbage garbage").unwrap();
     let e = run(&[]);

@@ -97,9 +97,16 @@ pub async fn run(cfg: VaultConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
     let metrics = service_kit::admin::install_metrics()?;
     let health = Health::new();
     let cfg2 = cfg.clone();
-    let opened = tokio::task::spawn_blocking(move || open(&cfg2))
-        .await
-        .map_err(|e| Error::Storage(format!("start-up task failed: {e}")))??;
+    let opened = tokio::task::spawn_blocking(move || {
+        let opened = open(&cfg2)?;
+        opened.store.bind_mode(&match cfg2.raft.node_id {
+            None => "standalone".to_string(),
+            Some(n) => format!("raft node {n}"),
+        })?;
+        Ok::<_, Error>(opened)
+    })
+    .await
+    .map_err(|e| Error::Storage(format!("start-up task failed: {e}")))??;
     let listeners = Listeners::bind(&cfg).await?;
     match cfg.raft.node_id {
         None => {
