@@ -23,7 +23,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use openraft::Raft;
+use openraft::{ChangeMembers, Raft};
 use serde::{Deserialize, Serialize};
 
 use super::{status, ClusterStatus, VaultNode, VaultRaft};
@@ -124,8 +124,12 @@ async fn add_learner(State(c): State<AdminCtx>, Json(who): Json<SelfInfo>) -> An
     }
 }
 
+/// Validates a voter change against the current membership with `f`, then
+/// applies it as a delta (`change`), not as a replacement of the whole
+/// voter set, so two concurrent changes cannot undo each other.
 async fn change_voters(
     c: &AdminCtx,
+    change: ChangeMembers<u64, VaultNode>,
     f: impl FnOnce(&mut BTreeSet<u64>) -> Result<(), String>,
 ) -> Answer {
     if let Some(a) = not_leader(c) {
@@ -136,8 +140,15 @@ async fn change_voters(
     if let Err(e) = f(&mut voters) {
         return fail(StatusCode::BAD_REQUEST, e);
     }
-    match c.raft.change_membership(voters.clone(), false).await {
-        Ok(_) => ok(serde_json::json!({ "voters": voters })),
+    match c.raft.change_membership(change, false).await {
+        Ok(r) => {
+            let voters: BTreeSet<u64> = r
+                .membership()
+                .as_ref()
+                .map(|m| m.voter_ids().collect())
+                .unwrap_or(voters);
+            ok(serde_json::json!({ "voters": voters }))
+        }
         Err(e) => fail(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("membership change failed: {e}"),
@@ -147,7 +158,8 @@ async fn change_voters(
 
 async fn promote(State(c): State<AdminCtx>, Json(b): Json<NodeIdBody>) -> Answer {
     let learners = status(&c.raft).learners;
-    change_voters(&c, |v| {
+    let change = ChangeMembers::AddVoterIds(BTreeSet::from([b.node_id]));
+    change_voters(&c, change, |v| {
         if v.contains(&b.node_id) {
             return Err(format!("node {} is already a voter", b.node_id));
         }
@@ -164,7 +176,8 @@ async fn promote(State(c): State<AdminCtx>, Json(b): Json<NodeIdBody>) -> Answer
 }
 
 async fn remove(State(c): State<AdminCtx>, Json(b): Json<NodeIdBody>) -> Answer {
-    change_voters(&c, |v| {
+    let change = ChangeMembers::RemoveVoters(BTreeSet::from([b.node_id]));
+    change_voters(&c, change, |v| {
         if !v.remove(&b.node_id) {
             return Err(format!("node {} is not a voter", b.node_id));
         }

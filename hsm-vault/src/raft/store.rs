@@ -324,7 +324,25 @@ impl StateMachine {
             },
             data,
         };
-        meta_put(&db, SNAPSHOT_KEY, &snap)?;
+        // Keep whichever snapshot is newer: a snapshot installed from the
+        // leader while this one was being built must not be replaced by an
+        // older one (after a restart it would be served below the purged
+        // log, and a lagging follower could never catch up from it).
+        let bytes = enc(&snap)?;
+        let txn = db.begin_write().map_err(io_err)?;
+        {
+            let mut t = txn.open_table(META).map_err(io_err)?;
+            let existing: Option<StoredSnapshot> = match t.get(SNAPSHOT_KEY).map_err(io_err)? {
+                Some(v) => Some(dec(v.value())?),
+                None => None,
+            };
+            if existing.is_some_and(|e| e.meta.last_log_id > snap.meta.last_log_id) {
+                tracing::debug!("a newer snapshot was installed meanwhile; keeping it");
+                return Ok(snap);
+            }
+            t.insert(SNAPSHOT_KEY, bytes.as_slice()).map_err(io_err)?;
+        }
+        txn.commit().map_err(io_err)?;
         metrics::counter!("vault_raft_snapshots_built_total").increment(1);
         Ok(snap)
     }

@@ -206,6 +206,11 @@ async fn run_replicated(
         election_timeout_max: r.election_timeout_max_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
         max_in_snapshot_log_to_keep: r.snapshot_every.min(1000),
+        // openraft's 200 ms default covers a whole chunk and, for the last
+        // one, the follower's install: far too short for a large store or
+        // a link between sites, and a timed-out install restarts from 0.
+        install_snapshot_timeout: 30_000,
+        snapshot_max_chunk_size: 1 << 20,
         ..Default::default()
     }
     .validate()
