@@ -134,14 +134,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             service_kit::logging::init(cfg.log.format, &cfg.log.level);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("chatd-io")
-                .build()?;
-            rt.block_on(async {
-                let shutdown = service_kit::shutdown::listen();
-                chatd::server::run(cfg, shutdown).await
-            })?;
+            service_kit::shutdown::run_server("chatd-io", |shutdown| {
+                chatd::server::run(cfg, shutdown)
+            })??;
             Ok(())
         }
         Command::Init { output } => {

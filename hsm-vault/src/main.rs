@@ -195,14 +195,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
             service_kit::logging::init(cfg.log.format, &cfg.log.level);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("vault-io")
-                .build()?;
-            rt.block_on(async {
-                let shutdown = service_kit::shutdown::listen();
-                hsm_vault::server::run(cfg, shutdown).await
-            })?;
+            service_kit::shutdown::run_server("vault-io", |shutdown| {
+                hsm_vault::server::run(cfg, shutdown)
+            })??;
             Ok(())
         }
         Command::Init {

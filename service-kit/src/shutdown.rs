@@ -13,6 +13,23 @@ pub enum Shutdown {
     Fast,
 }
 
+/// Runs a server process's main task: a multi-threaded tokio runtime whose
+/// threads are named `thread_name`, the signal listener, and `serve` with
+/// its receiver. Errs only when the runtime cannot be built.
+pub fn run_server<T, Fut>(
+    thread_name: &str,
+    serve: impl FnOnce(watch::Receiver<Shutdown>) -> Fut,
+) -> std::io::Result<T>
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(thread_name)
+        .build()?;
+    Ok(rt.block_on(async { serve(listen()).await }))
+}
+
 /// Spawns the signal listener and returns a receiver of the current state.
 /// Must be called inside a tokio runtime.
 pub fn listen() -> watch::Receiver<Shutdown> {
