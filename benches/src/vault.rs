@@ -7,7 +7,7 @@
 //!
 //! KE3 depends on KE2, and KE2 on the server's randomness. The vault takes
 //! its randomness from [`Platform::entropy`], so a benchmark vault can run
-//! on a [`ScriptedEntropy`]: before login `i` the loop reseeds it with
+//! on a [`SeededEntropy`]: before login `i` the loop reseeds it with
 //! `seed_i`. Outside the timing, the same seed drives a bare
 //! `ServerLogin::start` on the same setup, record and KE1, which yields
 //! the very KE2 the vault will send; the client finishes against it
@@ -17,13 +17,13 @@
 //! HSM IVs still come from the OS.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backup_client::vault_flow::{self, PasswordLogin, PasswordRegistration};
 use hsm_vault::config::HsmConfig;
 use hsm_vault::core::{Now, Platform, Vault, VaultParams, VaultSession};
-use hsm_vault::entropy::{Entropy, OsEntropy, RngAdapter};
+use hsm_vault::entropy::{Entropy, OsEntropy, RngAdapter, SeededEntropy};
 use hsm_vault::hsm::{init_master_key, Hsm};
 use hsm_vault::log::{LocalLog, MemoryLog, RecordLog};
 use hsm_vault::record::{self, RecordBody, Registration, RegistrationNonce};
@@ -39,39 +39,11 @@ use protocol_spec::keywrap::WRAPPED_KEY_LEN;
 use protocol_spec::messages::vault::{RegistrationMode, VaultRequest, VaultResponse};
 use protocol_spec::opaque::{self, Suite, REGISTRATION_NONCE_LEN};
 use protocol_spec::root_key::RootKey;
-use rand_chacha::ChaCha20Rng;
-use rand_core::{CryptoRng, RngCore, SeedableRng};
+use rand_core::{CryptoRng, RngCore};
 use testkit::softhsm::{module_path, SoftHsm};
 
 /// The password every benchmark account registers.
 pub const PASSWORD: &[u8] = b"correct horse battery staple";
-
-/// Randomness that the benchmark can rewind: a ChaCha20 stream reseeded
-/// before each login (see the module docs).
-#[derive(Debug)]
-pub struct ScriptedEntropy(Mutex<ChaCha20Rng>);
-
-impl ScriptedEntropy {
-    pub fn new(seed: u64) -> Self {
-        ScriptedEntropy(Mutex::new(ChaCha20Rng::seed_from_u64(seed)))
-    }
-
-    /// Restarts the stream at `seed`.
-    pub fn reseed(&self, seed: u64) {
-        let mut rng = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *rng = ChaCha20Rng::seed_from_u64(seed);
-    }
-}
-
-impl Entropy for ScriptedEntropy {
-    fn fill(&self, buf: &mut [u8]) -> Result<(), hsm_vault::Error> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .fill_bytes(buf);
-        Ok(())
-    }
-}
 
 /// A SoftHSM token in a temporary folder with a fresh master key. SoftHSM
 /// reads its configuration once per process, so create this before
@@ -153,7 +125,7 @@ pub struct BenchVault {
     pub password_file: ServerRegistration<Suite>,
     pub nonce: RegistrationNonce,
     /// Set when the vault runs on scripted randomness.
-    pub scripted: Option<Arc<ScriptedEntropy>>,
+    pub scripted: Option<Arc<SeededEntropy>>,
     /// Further registered accounts (for concurrent logins).
     pub extra_accounts: Vec<AccountId>,
 }
@@ -201,7 +173,7 @@ impl BenchVault {
         scripted: bool,
         accounts: &[&str],
     ) -> Self {
-        let scripted = scripted.then(|| Arc::new(ScriptedEntropy::new(1)));
+        let scripted = scripted.then(|| Arc::new(SeededEntropy::new(1)));
         let entropy: Arc<dyn Entropy> = match &scripted {
             Some(s) => s.clone(),
             None => Arc::new(OsEntropy),
@@ -339,7 +311,7 @@ impl BenchVault {
     /// Bare opaque-ke start + finish for a pre-computed login (its seed
     /// reproduces the KE2 the KE3 answers).
     pub fn bare_full_login(&self, p: &PrecomputedLogin) {
-        let entropy = ScriptedEntropy::new(p.seed);
+        let entropy = SeededEntropy::new(p.seed);
         let ke1 = CredentialRequest::<Suite>::deserialize(&p.ke1).expect("KE1 parses");
         let state = self.bare_start(&mut RngAdapter(&entropy), ke1);
         let ke3 = CredentialFinalization::<Suite>::deserialize(&p.ke3).expect("KE3 parses");
@@ -357,7 +329,7 @@ impl BenchVault {
                 let VaultRequest::LoginStart { credential_request } = start else {
                     unreachable!("PasswordLogin::start builds a LoginStart");
                 };
-                let entropy = ScriptedEntropy::new(seed);
+                let entropy = SeededEntropy::new(seed);
                 let ke1 =
                     CredentialRequest::<Suite>::deserialize(&credential_request).expect("KE1");
                 let started = ServerLogin::start(

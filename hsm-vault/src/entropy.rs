@@ -63,7 +63,8 @@ impl RngCore for RngAdapter<'_> {
 
 impl CryptoRng for RngAdapter<'_> {}
 
-/// Deterministic entropy from a seed: unit tests and fuzzing only.
+/// Deterministic entropy from a seed: unit tests, fuzzing and benchmarks
+/// only (the login benchmark rewinds it to replay the vault's KE2).
 #[derive(Debug)]
 pub struct SeededEntropy(parking_lot::Mutex<rand_chacha::ChaCha20Rng>);
 
@@ -73,6 +74,12 @@ impl SeededEntropy {
         SeededEntropy(parking_lot::Mutex::new(
             rand_chacha::ChaCha20Rng::seed_from_u64(seed),
         ))
+    }
+
+    /// Restarts the stream at `seed`.
+    pub fn reseed(&self, seed: u64) {
+        use rand_core::SeedableRng;
+        *self.0.lock() = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
     }
 }
 

@@ -136,6 +136,17 @@ impl Fixture {
 
     /// Runs a login in `s`. Returns the final response and, on success, K.
     fn login_in(&self, s: &mut VaultSession, password: &[u8]) -> (VaultResponse, Option<RootKey>) {
+        self.login_seeing(s, password, &mut |_| {})
+    }
+
+    /// [`Fixture::login_in`], showing `seen` every response (the start's
+    /// as well as the finish's).
+    fn login_seeing(
+        &self,
+        s: &mut VaultSession,
+        password: &[u8],
+        seen: &mut dyn FnMut(&VaultResponse),
+    ) -> (VaultResponse, Option<RootKey>) {
         let acct = s.account().clone();
         let start = ClientLogin::<Suite>::start(&mut OsRng, password).unwrap();
         let resp = self.req(
@@ -144,6 +155,7 @@ impl Fixture {
                 credential_request: start.message.serialize().to_vec(),
             },
         );
+        seen(&resp);
         let VaultResponse::LoginStarted {
             credential_response,
             ..
@@ -171,6 +183,7 @@ impl Fixture {
                     credential_finalization: vec![0u8; 64],
                 },
             );
+            seen(&r);
             return (r, None);
         };
         let r = self.req(
@@ -179,6 +192,7 @@ impl Fixture {
                 credential_finalization: finish.message.serialize().to_vec(),
             },
         );
+        seen(&r);
         let k = match &r {
             VaultResponse::LoginSucceeded { wrapped_key } => {
                 Some(keywrap::unwrap(&finish.export_key, &acct, wrapped_key).unwrap())
@@ -766,62 +780,6 @@ mod model {
         }
     }
 
-    /// A login in `s` whose every answer the model sees (the start's KE2
-    /// as well as the finish). Returns K on success.
-    fn login_observed(
-        f: &Fixture,
-        s: &mut VaultSession,
-        password: &[u8],
-        m: &mut Model,
-    ) -> Option<RootKey> {
-        let acct = s.account().clone();
-        let start = ClientLogin::<Suite>::start(&mut OsRng, password).unwrap();
-        let r = f.req(
-            s,
-            VaultRequest::LoginStart {
-                credential_request: start.message.serialize().to_vec(),
-            },
-        );
-        m.saw(&r);
-        let VaultResponse::LoginStarted {
-            credential_response,
-            ..
-        } = r
-        else {
-            return None;
-        };
-        let ksf = opaque::ksf();
-        let finish = start.state.finish(
-            &mut OsRng,
-            password,
-            opaque_ke::CredentialResponse::deserialize(&credential_response).unwrap(),
-            ClientLoginFinishParameters::new(
-                Some(opaque::CONTEXT),
-                opaque::identifiers(&acct, &f.fleet),
-                Some(&ksf),
-            ),
-        );
-        let (ke3, export_key) = match finish {
-            Ok(fin) => (fin.message.serialize().to_vec(), Some(fin.export_key)),
-            // Wrong password: a hostile client sends garbage anyway.
-            Err(_) => (vec![0u8; 64], None),
-        };
-        let r = f.req(
-            s,
-            VaultRequest::LoginFinish {
-                credential_finalization: ke3,
-            },
-        );
-        m.saw(&r);
-        match (r, export_key) {
-            (VaultResponse::LoginSucceeded { wrapped_key }, Some(ek)) => {
-                Some(keywrap::unwrap(&ek, &acct, &wrapped_key).unwrap())
-            }
-            (VaultResponse::LoginSucceeded { .. }, None) => panic!("a wrong password logged in"),
-            _ => None,
-        }
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 64, ..ProptestConfig::default() })]
         #[test]
@@ -842,13 +800,15 @@ mod model {
             for op in ops {
                 match op {
                     Op::Right(i) => {
-                        if let Some(k) = login_observed(&f, &mut sessions[i], b"pw", &mut m) {
+                        let (_, k) = f.login_seeing(&mut sessions[i], b"pw", &mut |r| m.saw(r));
+                        if let Some(k) = k {
                             prop_assert_eq!(k, root_key(1));
                         }
                         sessions[i] = VaultSession::new(a.clone());
                     }
                     Op::Wrong(i) => {
-                        prop_assert!(login_observed(&f, &mut sessions[i], b"not the password", &mut m).is_none());
+                        let (r, _) = f.login_seeing(&mut sessions[i], b"not the password", &mut |r| m.saw(r));
+                        prop_assert!(!matches!(r, VaultResponse::LoginSucceeded { .. }), "a wrong password logged in");
                         sessions[i] = VaultSession::new(a.clone());
                     }
                     Op::StartOnly(i) => {
