@@ -30,7 +30,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(
         p.exists(),
-        "{} not found: build it first (`cargo build --bins`; ops/test does this)",
+        "{} not found: build it first (`cargo build --bins`, or run the tests through cargo, which builds them)",
         p.display()
     );
     p
