@@ -188,6 +188,20 @@ impl VaultCluster {
         run_ok(c, &format!("cluster {args:?}"))
     }
 
+    /// `hsm-vault cluster ...` against replica `i`, expected to fail: its
+    /// standard error.
+    pub fn cluster_cmd_err(&self, i: usize, args: &[&str]) -> String {
+        let mut c = self.cmd(i);
+        c.arg("cluster").args(args);
+        let out = c.output().expect("run hsm-vault cluster");
+        assert!(
+            !out.status.success(),
+            "cluster {args:?} unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// init on replica 1, then add and promote every other replica.
     pub fn form(&self) {
         self.cluster_cmd(0, &["init"]);
@@ -195,6 +209,29 @@ impl VaultCluster {
         for r in &self.replicas[1..] {
             self.cluster_cmd(0, &["add-learner", "--node", &r.admin_addr.to_string()]);
             self.cluster_cmd(0, &["promote", "--node-id", &r.node_id.to_string()]);
+        }
+        self.wait_serving(Duration::from_secs(20));
+    }
+
+    /// Waits until the leader takes tunnels: right after a membership
+    /// change it may not yet have heard from its new quorum, and until it
+    /// has, it refuses tunnels (and tests that start with a registration
+    /// would fail for no reason of theirs).
+    pub fn wait_serving(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.leader() {
+                let link = crate::link::LinkClient::connect(
+                    self.replicas[l].link_addr,
+                    &self.chatd_key,
+                    &self.fleet.link_key,
+                );
+                if link.is_ok_and(|c| c.welcome.leader) {
+                    return l;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader took tunnels in time");
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
