@@ -112,9 +112,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ClusterCommand {
-    /// Start a group of one: this replica becomes its first voter (once, on one replica).
+    /// Start a new group (with a new group id): this replica is its first voter. Once, on one
+    /// replica; never on one that is to join a group.
     Init,
-    /// Add the replica whose admin listener is NODE as a learner; waits until it caught up.
+    /// Add the replica whose admin listener is NODE as a learner; waits (up to 60 s) until it
+    /// caught up. Refused if it belongs to another group.
     AddLearner {
         /// The new replica's admin listener (it reports its id and addresses).
         #[arg(long, value_name = "HOST:PORT")]
@@ -237,8 +239,11 @@ fn cluster(admin_addr: String, command: ClusterCommand) -> anyhow::Result<()> {
     };
     match command {
         ClusterCommand::Init => {
-            call("POST", "/cluster/init", None)?;
-            println!("Group initialised with this replica as its only voter. Add others with `cluster add-learner`.");
+            let v = call("POST", "/cluster/init", None)?;
+            println!(
+                "Group {} initialised with this replica as its only voter. Add others with `cluster add-learner`.",
+                v["group"].as_str().unwrap_or("?")
+            );
         }
         ClusterCommand::AddLearner { node } => {
             let who = request(&node, "GET", "/cluster/self", None)
@@ -273,6 +278,10 @@ fn cluster(admin_addr: String, command: ClusterCommand) -> anyhow::Result<()> {
                         v["node_id"],
                         v["state"].as_str().unwrap_or("?"),
                         v["term"]
+                    );
+                    println!(
+                        "group             {}",
+                        v["group"].as_str().unwrap_or("none")
                     );
                     println!("leader            {}", v["leader"]);
                     println!("last log index    {}", v["last_log_index"]);

@@ -327,3 +327,67 @@ fn silent_connections_to_the_raft_port_do_not_block_the_group() {
     assert_eq!(st.attempts_remaining, 5);
     drop(silent);
 }
+
+/// Group identity on the peer channel: a replica an operator initialised
+/// on its own by mistake forms a group of its own. The group refuses to add
+/// it (the CLI says why), and even when it is put into the group's
+/// membership behind the CLI's back, the peer handshake keeps the two logs
+/// apart: neither side serves the other, and both say so in their logs.
+#[test]
+fn a_replica_initialised_on_its_own_is_kept_out_of_another_group() {
+    let mut c = VaultCluster::new(3, VaultOptions::default());
+    c.start_all();
+    c.cluster_cmd(0, &["init"]);
+    let leader = c.wait_leader(Duration::from_secs(20));
+    assert_eq!(leader, 0);
+    // The mistake.
+    let out = c.cluster_cmd(2, &["init"]);
+    assert!(out.contains("Group "), "{out}");
+    let admin = |i: usize| c.replicas[i].admin_addr.to_string();
+    let err = c.cluster_cmd_err(0, &["add-learner", "--node", &admin(2)]);
+    assert!(err.contains("node 3 belongs to another group"), "{err}");
+    assert!(err.contains("move its data folder aside"), "{err}");
+    // A replica in no group joins as before.
+    c.cluster_cmd(0, &["add-learner", "--node", &admin(1)]);
+    c.cluster_cmd(0, &["promote", "--node-id", "2"]);
+    let group = |i: usize| c.status(i).unwrap()["group"].as_str().unwrap().to_string();
+    assert_eq!(group(0), group(1));
+    assert_ne!(group(0), group(2));
+
+    // Behind the CLI's back: the leader's admin route is told replica 3
+    // has no group, so Raft adds it as a learner and starts calling it.
+    let mut who: serde_json::Value =
+        hsm_vault::raft::admin::request(&admin(2), "GET", "/cluster/self", None).unwrap();
+    who["group"] = serde_json::Value::Null;
+    let leader_admin = admin(0);
+    std::thread::spawn(move || {
+        // Blocks until the leader gives up waiting for the catch-up.
+        let _ = hsm_vault::raft::admin::request(
+            &leader_admin,
+            "POST",
+            "/cluster/add-learner",
+            Some(&who),
+        );
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(c.log(2).contains("tried to reach this replica of group")
+        && c.log(0).contains("is node 3 of group"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n--- replica 1\n{}\n--- replica 3\n{}",
+            c.log(0),
+            c.log(2)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Replica 3 still leads only its own group, its log untouched by the other.
+    let s2 = c.status(2).unwrap();
+    assert_eq!(s2["voters"], serde_json::json!([3]), "{s2}");
+    assert_eq!(s2["leader"], serde_json::json!(3), "{s2}");
+    // The real group carries on.
+    let a = account("grouped");
+    let mut l = connect(&c, 0);
+    register(&mut l, &c.fleet, &a, b"pw", &key(3));
+    assert_eq!(login(&mut l, &c.fleet, &a, b"pw").unwrap(), key(3));
+}

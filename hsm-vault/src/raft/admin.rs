@@ -7,8 +7,8 @@
 //! | --- | --- |
 //! | `GET /cluster/self` | this replica's id and addresses |
 //! | `GET /cluster/status` | term, leader, indices, membership |
-//! | `POST /cluster/init` | a one-voter group of this replica (first replica, once) |
-//! | `POST /cluster/add-learner` | add a replica (body: its `/cluster/self`); it catches up |
+//! | `POST /cluster/init` | a new group (new group id), this replica its one voter; once |
+//! | `POST /cluster/add-learner` | add a replica (body: its `/cluster/self`, refused if it belongs to another group); it catches up |
 //! | `POST /cluster/promote` | `{"node_id": n}`: learner to voter |
 //! | `POST /cluster/remove` | `{"node_id": n}`: out of the group |
 //!
@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -26,7 +27,13 @@ use axum::{Json, Router};
 use openraft::{ChangeMembers, Raft};
 use serde::{Deserialize, Serialize};
 
+use super::identity::{GroupId, PeerIdentity};
 use super::{status, ClusterStatus, VaultNode, VaultRaft};
+
+/// How long `add-learner` waits for the new replica to catch up before
+/// answering (it stays a learner and keeps catching up either way; the
+/// CLI gives up after 120 s).
+const LEARNER_CATCH_UP_WAIT: Duration = Duration::from_secs(60);
 
 /// A replica's identity, as `GET /cluster/self` reports it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +41,10 @@ pub struct SelfInfo {
     pub node_id: u64,
     #[serde(flatten)]
     pub node: VaultNode,
+    /// The group it belongs to; none before `cluster init` or before a
+    /// group's leader first reaches it.
+    #[serde(default)]
+    pub group: Option<GroupId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +56,7 @@ pub struct NodeIdBody {
 struct AdminCtx {
     raft: Raft<VaultRaft>,
     me: SelfInfo,
+    identity: Arc<PeerIdentity>,
 }
 
 type Answer = (StatusCode, Json<serde_json::Value>);
@@ -58,7 +70,7 @@ fn fail(code: StatusCode, msg: String) -> Answer {
 }
 
 /// The routes, to merge into the admin listener.
-pub fn routes(raft: Raft<VaultRaft>, me: SelfInfo) -> Router {
+pub fn routes(raft: Raft<VaultRaft>, me: SelfInfo, identity: Arc<PeerIdentity>) -> Router {
     Router::new()
         .route("/cluster/self", get(self_info))
         .route("/cluster/status", get(cluster_status))
@@ -66,15 +78,21 @@ pub fn routes(raft: Raft<VaultRaft>, me: SelfInfo) -> Router {
         .route("/cluster/add-learner", post(add_learner))
         .route("/cluster/promote", post(promote))
         .route("/cluster/remove", post(remove))
-        .with_state(AdminCtx { raft, me })
+        .with_state(AdminCtx { raft, me, identity })
 }
 
 async fn self_info(State(c): State<AdminCtx>) -> Json<SelfInfo> {
-    Json(c.me.clone())
+    Json(SelfInfo {
+        group: c.identity.group(),
+        ..c.me.clone()
+    })
 }
 
 async fn cluster_status(State(c): State<AdminCtx>) -> Json<ClusterStatus> {
-    Json(status(&c.raft))
+    Json(ClusterStatus {
+        group: c.identity.group(),
+        ..status(&c.raft)
+    })
 }
 
 /// 409 with the leader's admin address when this replica is not the leader.
@@ -94,11 +112,18 @@ fn not_leader(c: &AdminCtx) -> Option<Answer> {
 }
 
 async fn init(State(c): State<AdminCtx>) -> Answer {
+    // The group id first: a replica that already belongs to a group (made
+    // here before, or joined by a leader reaching it) must not start a
+    // second one.
+    let group = match c.identity.create_group() {
+        Ok(g) => g,
+        Err(e) => return fail(StatusCode::CONFLICT, format!("cannot initialise: {e}")),
+    };
     let members = BTreeMap::from([(c.me.node_id, c.me.node.clone())]);
     match c.raft.initialize(members).await {
         Ok(()) => {
-            tracing::info!(node = c.me.node_id, "cluster initialised");
-            ok(serde_json::json!({ "initialised": c.me.node_id }))
+            tracing::info!(node = c.me.node_id, %group, "cluster initialised");
+            ok(serde_json::json!({ "initialised": c.me.node_id, "group": group }))
         }
         Err(e) => fail(StatusCode::CONFLICT, format!("cannot initialise: {e}")),
     }
@@ -108,11 +133,36 @@ async fn add_learner(State(c): State<AdminCtx>, Json(who): Json<SelfInfo>) -> An
     if let Some(a) = not_leader(&c) {
         return a;
     }
-    match c
-        .raft
-        .add_learner(who.node_id, who.node.clone(), true)
-        .await
-    {
+    let mine = c.identity.group();
+    if let Some(theirs) = who.group.filter(|g| Some(*g) != mine) {
+        return fail(
+            StatusCode::CONFLICT,
+            format!(
+                "node {} belongs to another group ({theirs}; this group is {}). \
+                 It was initialised on its own or serves another group: stop it, \
+                 move its data folder aside, start it empty and add it again",
+                who.node_id,
+                mine.map_or_else(|| "none".into(), |g| g.to_string())
+            ),
+        );
+    }
+    let added = tokio::time::timeout(
+        LEARNER_CATCH_UP_WAIT,
+        c.raft.add_learner(who.node_id, who.node.clone(), true),
+    )
+    .await;
+    let Ok(added) = added else {
+        return fail(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "node {} is a learner now but has not caught up within {} s; check that it \
+                 is reachable from this replica (`cluster status`, and both replicas' logs)",
+                who.node_id,
+                LEARNER_CATCH_UP_WAIT.as_secs()
+            ),
+        );
+    };
+    match added {
         Ok(_) => {
             tracing::info!(node = who.node_id, "learner added and caught up");
             ok(serde_json::json!({ "learner": who.node_id }))

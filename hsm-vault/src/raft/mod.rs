@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod admin;
+pub mod identity;
 pub mod network;
 pub mod store;
 
@@ -216,6 +217,9 @@ pub fn watch_role(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterStatus {
     pub node_id: u64,
+    /// The group this replica belongs to (filled in by the admin route).
+    #[serde(default)]
+    pub group: Option<identity::GroupId>,
     pub state: String,
     pub term: u64,
     pub leader: Option<u64>,
@@ -232,6 +236,7 @@ pub fn status(raft: &Raft<VaultRaft>) -> ClusterStatus {
     let membership = m.membership_config.membership();
     ClusterStatus {
         node_id: m.id,
+        group: None,
         state: format!("{:?}", m.state),
         term: m.current_term,
         leader: m.current_leader,

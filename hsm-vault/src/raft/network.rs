@@ -1,6 +1,8 @@
 //! Replica-to-replica transport (SPEC.md section 5.5): TCP, Noise_KK with
 //! the fleet peer key on both ends, records of sealed frames carrying
-//! Raft RPCs.
+//! Raft RPCs. The handshake payloads carry both ends' node and group ids
+//! ([`super::identity`]); a connection between the wrong replicas ends
+//! there.
 //!
 //! Frame plaintext: the protocol version byte, then the postcard encoding
 //! of a [`PeerRequest`] or [`PeerResponse`]. One request at a time per
@@ -32,12 +34,16 @@ use service_kit::records::{read_record, write_record};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::identity::{check_welcome, PeerHello, PeerIdentity, PeerWelcome, WarnOnce};
 use super::{VaultNode, VaultRaft};
 
 type NodeId = u64;
 
 /// Largest peer record (snapshot chunks and append batches fit well under).
 pub const MAX_PEER_RECORD: usize = 16 << 20;
+/// Largest snapshot a replica accepts. A snapshot is assembled in memory,
+/// so a chunk's offset must not be allowed to grow it without bound.
+pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 
 #[derive(Serialize, Deserialize)]
 enum PeerRequest {
@@ -89,6 +95,8 @@ const MAX_PEER_CONNS_PER_IP: usize = 16;
 #[derive(Clone)]
 pub struct PeerNetwork {
     key: Arc<StaticSecret>,
+    identity: Arc<PeerIdentity>,
+    warn: Arc<WarnOnce>,
     /// Optional source address for outgoing connections (lets tests and
     /// operators filter replica traffic by address).
     bind_source: Option<std::net::IpAddr>,
@@ -110,9 +118,15 @@ impl std::fmt::Debug for PeerClient {
 }
 
 impl PeerNetwork {
-    pub fn new(key: StaticSecret, bind_source: Option<std::net::IpAddr>) -> Self {
+    pub fn new(
+        key: StaticSecret,
+        identity: Arc<PeerIdentity>,
+        bind_source: Option<std::net::IpAddr>,
+    ) -> Self {
         PeerNetwork {
             key: Arc::new(key),
+            identity,
+            warn: Arc::default(),
             bind_source,
             pool: Arc::default(),
         }
@@ -127,6 +141,8 @@ impl RaftNetworkFactory<VaultRaft> for PeerNetwork {
             target,
             addr: node.raft_addr.clone(),
             key: self.key.clone(),
+            identity: self.identity.clone(),
+            warn: self.warn.clone(),
             bind_source: self.bind_source,
             conn: None,
             pool: self.pool.clone(),
@@ -145,6 +161,8 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     key: Arc<StaticSecret>,
+    identity: Arc<PeerIdentity>,
+    warn: Arc<WarnOnce>,
     bind_source: Option<std::net::IpAddr>,
     conn: Option<PeerConn>,
     pool: Pool,
@@ -196,8 +214,10 @@ impl PeerClient {
         }
         let mut stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let hello = self.identity.hello(self.target)?;
+        let payload = postcard_bytes(&hello)?;
         let (m1, waiting) = Initiator::peer(&self.key, &self.key.public_key())
-            .and_then(|i| i.write_first(&[]))
+            .and_then(|i| i.write_first(&payload))
             .map_err(|e| e.to_string())?;
         write_record(&mut stream, &m1)
             .await
@@ -207,9 +227,18 @@ impl PeerClient {
             .await
             .map_err(|e| e.to_string())?
             .ok_or("peer closed during handshake")?;
-        let (_, transport) = waiting
+        let (payload, transport) = waiting
             .read_response(&m2)
             .map_err(|_| "peer handshake failed (not our fleet?)")?;
+        let welcome: PeerWelcome =
+            postcard::from_bytes(&payload).map_err(|e| format!("bad peer welcome: {e}"))?;
+        if let Err(e) = check_welcome(&hello, &welcome, &self.addr) {
+            metrics::counter!("vault_raft_peer_refused_total", "side" => "caller").increment(1);
+            if self.warn.due(&self.addr) {
+                tracing::warn!(target_node = self.target, addr = %self.addr, "{e}; not talking to it");
+            }
+            return Err(e);
+        }
         Ok(PeerConn {
             stream,
             transport,
@@ -275,6 +304,10 @@ impl PeerClient {
     }
 }
 
+fn postcard_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    postcard::to_allocvec(v).map_err(|e| e.to_string())
+}
+
 fn mismatch<E: std::error::Error>() -> RPCError<NodeId, VaultNode, E> {
     RPCError::Network(NetworkError::new(&AnyError::error(
         "peer answered a different rpc",
@@ -338,8 +371,14 @@ impl RaftNetwork<VaultRaft> for PeerClient {
 /// hold at most 16 connections, and a connection with no request for
 /// [`PEER_IDLE_TIMEOUT`] is closed (which also reaps connections whose peer
 /// vanished without a FIN).
-pub async fn serve(listener: TcpListener, raft: Raft<VaultRaft>, key: StaticSecret) {
+pub async fn serve(
+    listener: TcpListener,
+    raft: Raft<VaultRaft>,
+    key: StaticSecret,
+    identity: Arc<PeerIdentity>,
+) {
     let key = Arc::new(key);
+    let warn = Arc::new(WarnOnce::default());
     let conns: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
@@ -357,8 +396,9 @@ pub async fn serve(listener: TcpListener, raft: Raft<VaultRaft>, key: StaticSecr
             *mine += 1;
         }
         let (raft, key, conns) = (raft.clone(), key.clone(), conns.clone());
+        let (identity, warn) = (identity.clone(), warn.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_peer(stream, raft, &key).await {
+            if let Err(e) = serve_peer(stream, raft, &key, identity, &warn).await {
                 tracing::debug!(%peer, error = %e, "peer connection ended");
             }
             let mut c = conns.lock();
@@ -376,6 +416,8 @@ async fn serve_peer(
     mut stream: TcpStream,
     raft: Raft<VaultRaft>,
     key: &StaticSecret,
+    identity: Arc<PeerIdentity>,
+    warn: &WarnOnce,
 ) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let handshake = async {
@@ -390,11 +432,35 @@ async fn serve_peer(
         let first = Responder::peer(key, &key.public_key())
             .and_then(|r| r.read_first(&m1))
             .map_err(|_| "peer handshake failed (not our fleet?)")?;
-        let (m2, transport) = first.state.write_response(&[]).map_err(|e| e.to_string())?;
+        let hello: PeerHello =
+            postcard::from_bytes(&first.payload).map_err(|e| format!("bad peer hello: {e}"))?;
+        // Answer with who we are even when refusing, so the caller can say
+        // whom it reached instead.
+        let admitted = if identity.group().is_some() {
+            identity.admit(&hello)
+        } else {
+            // Joining a group writes (fsyncs) the group id: off the async
+            // workers, which keep the heartbeats going.
+            let (id, h) = (identity.clone(), hello.clone());
+            tokio::task::spawn_blocking(move || id.admit(&h))
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        let (m2, transport) = first
+            .state
+            .write_response(&postcard_bytes(&identity.welcome())?)
+            .map_err(|e| e.to_string())?;
         write_record(&mut stream, &m2)
             .await
             .map_err(|e| e.to_string())?;
         stream.flush().await.map_err(|e| e.to_string())?;
+        if let Err(e) = admitted {
+            metrics::counter!("vault_raft_peer_refused_total", "side" => "callee").increment(1);
+            if warn.due(&format!("{}/{}", hello.from, hello.group)) {
+                tracing::warn!("{e}; connection refused");
+            }
+            return Err(e);
+        }
         Ok::<_, String>(transport)
     };
     let mut transport = tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, handshake)
@@ -416,12 +482,59 @@ async fn serve_peer(
         let resp = match unframe::<PeerRequest>(&plain)? {
             PeerRequest::Append(r) => PeerResponse::Append(raft.append_entries(r).await),
             PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
-            PeerRequest::Snapshot(r) => PeerResponse::Snapshot(raft.install_snapshot(r).await),
+            PeerRequest::Snapshot(r) => {
+                check_snapshot_chunk(&r)?;
+                PeerResponse::Snapshot(raft.install_snapshot(r).await)
+            }
         };
         let sealed = transport.seal(&frame(&resp)?).map_err(|e| e.to_string())?;
         write_record(&mut stream, &sealed)
             .await
             .map_err(|e| e.to_string())?;
         stream.flush().await.map_err(|e| e.to_string())?;
+    }
+}
+
+/// Refuses a snapshot chunk that would grow the snapshot past
+/// [`MAX_SNAPSHOT_BYTES`] (an absurd offset would otherwise make the
+/// in-memory snapshot allocate it).
+fn check_snapshot_chunk(r: &InstallSnapshotRequest<VaultRaft>) -> Result<(), String> {
+    let end = r.offset.checked_add(r.data.len() as u64);
+    if end.is_none_or(|end| end > MAX_SNAPSHOT_BYTES) {
+        return Err(format!(
+            "snapshot chunk at offset {} would pass the {MAX_SNAPSHOT_BYTES}-byte limit",
+            r.offset
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use openraft::{LogId, SnapshotMeta, Vote};
+
+    use super::*;
+
+    fn chunk(offset: u64, len: usize) -> InstallSnapshotRequest<VaultRaft> {
+        InstallSnapshotRequest {
+            vote: Vote::new(1, 1),
+            meta: SnapshotMeta {
+                last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), 5)),
+                last_membership: Default::default(),
+                snapshot_id: "s".into(),
+            },
+            offset,
+            data: vec![0; len],
+            done: false,
+        }
+    }
+
+    #[test]
+    fn snapshot_chunks_beyond_the_limit_are_refused() {
+        assert!(check_snapshot_chunk(&chunk(0, 1024)).is_ok());
+        assert!(check_snapshot_chunk(&chunk(MAX_SNAPSHOT_BYTES - 10, 10)).is_ok());
+        assert!(check_snapshot_chunk(&chunk(MAX_SNAPSHOT_BYTES - 10, 11)).is_err());
+        assert!(check_snapshot_chunk(&chunk(u64::MAX, 1)).is_err());
     }
 }

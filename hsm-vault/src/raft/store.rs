@@ -32,7 +32,7 @@ type SErr = StorageError<NodeId>;
 /// Raft log entries: index -> postcard(Entry).
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 
-const VOTE_KEY: &str = "raft_vote";
+pub(super) const VOTE_KEY: &str = "raft_vote";
 const COMMITTED_KEY: &str = "raft_committed";
 const PURGED_KEY: &str = "raft_last_purged";
 const APPLIED_KEY: &str = "raft_applied";
@@ -68,7 +68,10 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(io_err)?
 }
 
-fn meta_get<T: for<'a> Deserialize<'a>>(db: &Database, key: &str) -> Result<Option<T>, SErr> {
+pub(super) fn meta_get<T: for<'a> Deserialize<'a>>(
+    db: &Database,
+    key: &str,
+) -> Result<Option<T>, SErr> {
     use redb::ReadableDatabase;
     let txn = db.begin_read().map_err(read_err)?;
     let t = txn.open_table(META).map_err(read_err)?;
@@ -78,7 +81,7 @@ fn meta_get<T: for<'a> Deserialize<'a>>(db: &Database, key: &str) -> Result<Opti
     }
 }
 
-fn meta_put<T: Serialize>(db: &Database, key: &str, v: &T) -> Result<(), SErr> {
+pub(super) fn meta_put<T: Serialize>(db: &Database, key: &str, v: &T) -> Result<(), SErr> {
     let bytes = enc(v)?;
     let txn = db.begin_write().map_err(io_err)?;
     {

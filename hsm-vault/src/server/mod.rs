@@ -231,7 +231,12 @@ async fn run_replicated(
         .map_err(|e| Error::io("raft listener", e))?;
     let log_store = store::LogStore::new(&opened.store)?;
     let state_machine = store::StateMachine::new(opened.store.clone());
-    let network = network::PeerNetwork::new(opened.secrets.peer_key.clone(), bind_source);
+    let identity = raft::identity::PeerIdentity::load(node_id, &opened.store)?;
+    let network = network::PeerNetwork::new(
+        opened.secrets.peer_key.clone(),
+        identity.clone(),
+        bind_source,
+    );
     let raft = openraft::Raft::new(
         node_id,
         Arc::new(raft_config),
@@ -245,6 +250,7 @@ async fn run_replicated(
         peer_listener,
         raft.clone(),
         opened.secrets.peer_key.clone(),
+        identity.clone(),
     ));
     let log: Arc<dyn RecordLog> = Arc::new(raft::RaftLog::new(
         raft.clone(),
@@ -269,8 +275,9 @@ async fn run_replicated(
                 .unwrap_or_else(|| listeners.link_addr.to_string()),
             admin_addr: listeners.admin_addr.to_string(),
         },
+        group: None,
     };
-    let extra = admin::routes(raft.clone(), me);
+    let extra = admin::routes(raft.clone(), me, identity);
     listeners.announce(&cfg, Some(raft_addr));
     tracing::info!(node_id, %raft_addr, "raft replica started");
     let result = serve_links(
