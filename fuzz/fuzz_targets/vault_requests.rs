@@ -141,9 +141,10 @@ impl Input<'_> {
         b
     }
 
+    /// The next `n` bytes, padded with zeros past the end (so sized
+    /// messages keep their size).
     fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let n = n.min(self.0.len());
-        let (a, rest) = self.0.split_at(n);
+        let (a, rest) = self.0.split_at(n.min(self.0.len()));
         self.0 = rest;
         let mut v = a.to_vec();
         v.resize(n, 0);

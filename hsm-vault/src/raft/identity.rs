@@ -26,12 +26,11 @@ use parking_lot::Mutex;
 use redb::Database;
 use serde::{Deserialize, Serialize};
 
-use super::store::{meta_get, meta_put};
+use super::store::{meta_get, meta_put, VOTE_KEY};
 use crate::store::RecordStore;
 use crate::Error;
 
 const GROUP_KEY: &str = "raft_group";
-const VOTE_KEY: &str = super::store::VOTE_KEY;
 
 /// A Raft group's identity. Serialised as 32 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
