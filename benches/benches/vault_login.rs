@@ -38,7 +38,7 @@ use e2ebk_benches::vault::{
 use hsm_vault::command::Command;
 use hsm_vault::hsm::Hsm;
 use hsm_vault::record::{record_aad, StoredRecord};
-use hsm_vault::seal::{Sealer, SoftSealer};
+use hsm_vault::seal::{random_iv, Sealer, SoftSealer};
 use hsm_vault::secrets::FleetSecrets;
 use opaque_ke::CredentialRequest;
 use protocol_spec::ids::AccountId;
@@ -217,9 +217,18 @@ fn parts(c: &mut Criterion, fx: &Fixtures) {
     let body = sample_record_body();
     let aad = record_aad(&account, 42);
     g.bench_function("hsm_seal_record", |b| {
-        b.iter(|| black_box(fx.hsm.seal(&aad, &body).expect("seal")))
+        b.iter(|| {
+            black_box(
+                fx.hsm
+                    .seal(&aad, random_iv().expect("iv"), &body)
+                    .expect("seal"),
+            )
+        })
     });
-    let sealed = fx.hsm.seal(&aad, &body).expect("seal");
+    let sealed = fx
+        .hsm
+        .seal(&aad, random_iv().expect("iv"), &body)
+        .expect("seal");
     g.bench_function("hsm_unseal_record", |b| {
         b.iter(|| black_box(fx.hsm.unseal(&aad, &sealed).expect("unseal")))
     });

@@ -15,10 +15,7 @@ pub struct OsEntropy;
 
 impl Entropy for OsEntropy {
     fn fill(&self, buf: &mut [u8]) -> Result<(), Error> {
-        getrandom::fill(buf).map_err(|e| Error::Hsm {
-            op: "os random",
-            detail: e.to_string(),
-        })
+        getrandom::fill(buf).map_err(|e| Error::Entropy(e.to_string()))
     }
 }
 

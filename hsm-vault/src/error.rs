@@ -48,6 +48,14 @@ pub enum Error {
     /// This replica is not the leader.
     #[error("this replica is not the leader")]
     NotLeader { leader_hint: Option<String> },
+    /// The operating system's random generator failed. Not retryable: a
+    /// process that cannot draw random numbers must not go on.
+    #[error("no randomness from the operating system: {0}")]
+    Entropy(String),
+    /// The replica could not start (a start-up task failed, or the
+    /// consensus engine refused its configuration or storage).
+    #[error("start-up failed: {0}")]
+    Startup(String),
     /// The key ceremony could not proceed.
     #[error("key ceremony: {0}")]
     Ceremony(String),
@@ -89,6 +97,8 @@ impl Error {
             Error::Corrupt(_) => "corrupt",
             Error::Unavailable(_) => "unavailable",
             Error::NotLeader { .. } => "not_leader",
+            Error::Entropy(_) => "entropy",
+            Error::Startup(_) => "startup",
             Error::Ceremony(_) => "ceremony",
             Error::Io { .. } => "io",
             Error::Protocol(_) => "protocol",

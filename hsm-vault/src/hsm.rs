@@ -507,7 +507,7 @@ impl Hsm {
     /// Seals and unseals a constant: `Ok` means the token and the master
     /// key work (for readiness checks).
     pub fn self_test(&self) -> Result<(), Error> {
-        let sealed = self.encrypt("self-test", PROBE_AAD, PROBE_PLAINTEXT)?;
+        let sealed = self.encrypt("self-test", PROBE_AAD, random_iv()?, PROBE_PLAINTEXT)?;
         let opened = self.decrypt("self-test", PROBE_AAD, &sealed)?;
         if opened.as_slice() != PROBE_PLAINTEXT {
             return Err(Error::Hsm {
@@ -545,10 +545,15 @@ impl Hsm {
         }
     }
 
-    fn encrypt(&self, op: &'static str, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+    fn encrypt(
+        &self,
+        op: &'static str,
+        aad: &[u8],
+        iv: [u8; SEAL_IV_LEN],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
         // A retry in `call` reuses this IV, which is safe: same key, IV, aad
         // and plaintext give the same ciphertext.
-        let iv = random_iv()?;
         let (iv, ciphertext) = self.call(op, |session, key| {
             gcm_seal(session, key, aad, iv, plaintext)
         })?;
@@ -598,9 +603,9 @@ impl Hsm {
 }
 
 impl Sealer for Hsm {
-    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+    fn seal(&self, aad: &[u8], iv: [u8; SEAL_IV_LEN], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
         let started = Instant::now();
-        let result = self.encrypt("seal", aad, plaintext);
+        let result = self.encrypt("seal", aad, iv, plaintext);
         self.observe("seal", started, &result);
         result
     }

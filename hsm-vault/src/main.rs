@@ -220,7 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             hsm::init_master_key(&cfg.hsm, &pin, !no_export)?;
             let hsm = Hsm::open(&cfg.hsm, &pin)?;
             let secrets = FleetSecrets::generate(fleet_id, &OsEntropy)?;
-            secrets.seal_to_file(&hsm, &secrets_path)?;
+            secrets.seal_to_file(&hsm, &OsEntropy, &secrets_path)?;
             print_public(&secrets.public(), output, Some((&cfg, !no_export)));
             Ok(())
         }

@@ -23,7 +23,8 @@ use protocol_spec::keywrap::{WrappedKey, WRAPPED_KEY_LEN};
 use protocol_spec::opaque::{sizes, REGISTRATION_NONCE_LEN};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::seal::Sealer;
+use crate::entropy::Entropy;
+use crate::seal::{draw_iv, Sealer};
 use crate::Error;
 
 const BODY_FORMAT: u8 = 1;
@@ -190,14 +191,16 @@ pub fn record_aad(account: &AccountId, version: u64) -> Vec<u8> {
     aad
 }
 
-/// Seals `body` for `account` at `version`.
+/// Seals `body` for `account` at `version`, with an IV from `entropy`.
 pub fn seal(
     sealer: &dyn Sealer,
+    entropy: &dyn Entropy,
     account: &AccountId,
     version: u64,
     body: &RecordBody,
 ) -> Result<StoredRecord, Error> {
-    let sealed = sealer.seal(&record_aad(account, version), &body.encode())?;
+    let iv = draw_iv(entropy)?;
+    let sealed = sealer.seal(&record_aad(account, version), iv, &body.encode())?;
     Ok(StoredRecord { version, sealed })
 }
 
@@ -252,7 +255,7 @@ mod tests {
         let s = SoftSealer::new([3; 32]);
         let alice = AccountId::new("alice").unwrap();
         let bob = AccountId::new("bob").unwrap();
-        let stored = seal(&s, &alice, 4, &reg()).unwrap();
+        let stored = seal(&s, &crate::entropy::OsEntropy, &alice, 4, &reg()).unwrap();
         assert_eq!(unseal(&s, &alice, &stored).unwrap(), reg());
         assert!(matches!(unseal(&s, &bob, &stored), Err(Error::Integrity)));
         let moved = StoredRecord {

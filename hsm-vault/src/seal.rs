@@ -2,13 +2,16 @@
 //! a master key that never leaves the HSM.
 //!
 //! Sealed bytes are `iv (12) || ciphertext || tag (16)`, AES-256-GCM with
-//! the caller's associated data. The IV is random (96 bits from the OS), so
-//! one master key must seal fewer than 2^32 values; `vault_seal_operations_total`
-//! lets operators rotate well before that (see the README).
+//! the caller's associated data. The IV is random, 96 bits drawn by the
+//! caller from its [`Entropy`] (the vault core's own source, so a seeded
+//! test is seeded all the way down), so one master key must seal fewer than
+//! 2^32 values; `vault_seal_operations_total` lets operators rotate well
+//! before that (see the README).
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use zeroize::Zeroizing;
 
+use crate::entropy::{Entropy, OsEntropy};
 use crate::Error;
 
 pub const SEAL_IV_LEN: usize = 12;
@@ -17,8 +20,9 @@ pub const SEAL_OVERHEAD: usize = SEAL_IV_LEN + SEAL_TAG_LEN;
 
 /// The HSM as the vault core sees it.
 pub trait Sealer: Send + Sync {
-    /// Encrypts `plaintext` bound to `aad`.
-    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error>;
+    /// Encrypts `plaintext` bound to `aad` under `iv`, which the caller
+    /// drew with [`draw_iv`]: an IV must never repeat under one master key.
+    fn seal(&self, aad: &[u8], iv: [u8; SEAL_IV_LEN], plaintext: &[u8]) -> Result<Vec<u8>, Error>;
 
     /// Decrypts what [`Sealer::seal`] produced with the same `aad`. Returns
     /// [`Error::Integrity`] if the bytes or the `aad` differ, and another
@@ -26,14 +30,17 @@ pub trait Sealer: Send + Sync {
     fn unseal(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error>;
 }
 
-/// Fresh random IV from the operating system.
-pub fn random_iv() -> Result<[u8; SEAL_IV_LEN], Error> {
+/// A fresh random IV from `entropy`.
+pub fn draw_iv(entropy: &dyn Entropy) -> Result<[u8; SEAL_IV_LEN], Error> {
     let mut iv = [0u8; SEAL_IV_LEN];
-    getrandom::fill(&mut iv).map_err(|e| Error::Hsm {
-        op: "random iv",
-        detail: e.to_string(),
-    })?;
+    entropy.fill(&mut iv)?;
     Ok(iv)
+}
+
+/// A fresh random IV from the operating system, for what runs outside the
+/// core (start-up self-tests, tools, tests).
+pub fn random_iv() -> Result<[u8; SEAL_IV_LEN], Error> {
+    draw_iv(&OsEntropy)
 }
 
 /// A software sealer with the same format, holding its key in memory.
@@ -61,8 +68,7 @@ impl std::fmt::Debug for SoftSealer {
 }
 
 impl Sealer for SoftSealer {
-    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
-        let iv = random_iv()?;
+    fn seal(&self, aad: &[u8], iv: [u8; SEAL_IV_LEN], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
         let mut out = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
         out.extend_from_slice(&iv);
         out.extend_from_slice(plaintext);
@@ -109,7 +115,7 @@ mod tests {
     #[test]
     fn soft_sealer_binds_aad() {
         let s = SoftSealer::new([1; 32]);
-        let sealed = s.seal(b"ad", b"secret").unwrap();
+        let sealed = s.seal(b"ad", random_iv().unwrap(), b"secret").unwrap();
         assert_eq!(sealed.len(), 6 + SEAL_OVERHEAD);
         assert_eq!(&s.unseal(b"ad", &sealed).unwrap()[..], b"secret");
         assert!(matches!(s.unseal(b"other", &sealed), Err(Error::Integrity)));

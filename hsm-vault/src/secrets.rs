@@ -25,7 +25,7 @@ use protocol_spec::opaque::Suite;
 use zeroize::Zeroizing;
 
 use crate::entropy::{Entropy, RngAdapter};
-use crate::seal::Sealer;
+use crate::seal::{draw_iv, Sealer};
 use crate::Error;
 
 const MAGIC: &[u8; 12] = b"E2EBK-FLEET\0";
@@ -135,9 +135,23 @@ impl FleetSecrets {
         aad
     }
 
+    /// The sealed file's bytes, with an IV from `entropy`.
+    pub fn seal(&self, sealer: &dyn Sealer, entropy: &dyn Entropy) -> Result<Vec<u8>, Error> {
+        let sealed = sealer.seal(&Self::aad(), draw_iv(entropy)?, &self.encode())?;
+        let mut out = MAGIC.to_vec();
+        out.push(FORMAT);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
     /// Seals the secrets and writes them to `path` atomically (temporary
     /// file, fsync, rename), owner-only permissions. Refuses to overwrite.
-    pub fn seal_to_file(&self, sealer: &dyn Sealer, path: &Path) -> Result<(), Error> {
+    pub fn seal_to_file(
+        &self,
+        sealer: &dyn Sealer,
+        entropy: &dyn Entropy,
+        path: &Path,
+    ) -> Result<(), Error> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         if path.exists() {
@@ -146,10 +160,7 @@ impl FleetSecrets {
                 reason: "already exists; refusing to overwrite fleet secrets".into(),
             });
         }
-        let sealed = sealer.seal(&Self::aad(), &self.encode())?;
-        let mut out = MAGIC.to_vec();
-        out.push(FORMAT);
-        out.extend_from_slice(&sealed);
+        let out = self.seal(sealer, entropy)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
@@ -183,6 +194,19 @@ impl FleetSecrets {
             }
             _ => bad(&format!("cannot read: {e}")),
         })?;
+        Self::unseal(sealer, &bytes).map_err(|e| match e {
+            Error::FleetSecrets { reason, .. } => bad(&reason),
+            other => other,
+        })
+    }
+
+    /// Unseals the bytes of a fleet secrets file. Errors about the file
+    /// itself name no path; [`FleetSecrets::unseal_from_file`] adds it.
+    pub fn unseal(sealer: &dyn Sealer, bytes: &[u8]) -> Result<Self, Error> {
+        let bad = |reason: &str| Error::FleetSecrets {
+            path: std::path::PathBuf::new(),
+            reason: reason.to_owned(),
+        };
         if bytes.len() < MAGIC.len() + 1 || &bytes[..MAGIC.len()] != MAGIC {
             return Err(bad("not an E2EBK fleet secrets file"));
         }
@@ -203,7 +227,7 @@ impl FleetSecrets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entropy::SeededEntropy;
+    use crate::entropy::{OsEntropy, SeededEntropy};
     use crate::seal::SoftSealer;
 
     #[test]
@@ -213,7 +237,7 @@ mod tests {
         let s = SoftSealer::new([1; 32]);
         let secrets =
             FleetSecrets::generate(FleetId::new("f1").unwrap(), &SeededEntropy::new(1)).unwrap();
-        secrets.seal_to_file(&s, &path).unwrap();
+        secrets.seal_to_file(&s, &OsEntropy, &path).unwrap();
         let again = FleetSecrets::unseal_from_file(&s, &path).unwrap();
         assert_eq!(again.public(), secrets.public());
         assert_eq!(
@@ -226,7 +250,7 @@ mod tests {
             assert!(!raw.windows(32).any(|w| w == k.expose_secret()));
         }
         assert!(
-            secrets.seal_to_file(&s, &path).is_err(),
+            secrets.seal_to_file(&s, &OsEntropy, &path).is_err(),
             "must not overwrite"
         );
         let other = SoftSealer::new([2; 32]);

@@ -17,7 +17,7 @@ use hsm_vault::hsm::{
     approve_import, export_master_key, import_master_key, import_request, init_master_key, Hsm,
     ImportRequest, WrappedMasterKey,
 };
-use hsm_vault::seal::{Sealer, SEAL_OVERHEAD};
+use hsm_vault::seal::{random_iv, Sealer, SEAL_OVERHEAD};
 use hsm_vault::Error;
 use testkit::softhsm::{module_path, SoftHsm, Token};
 
@@ -173,11 +173,14 @@ fn seal_unseal_round_trip() {
     for len in [0, 1, 15, 16, 17, 256, 65_536] {
         let plaintext: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         for aad in [&b""[..], b"account-1|v1"] {
-            let sealed = hsm.seal(aad, &plaintext).unwrap();
+            let sealed = hsm.seal(aad, random_iv().unwrap(), &plaintext).unwrap();
             assert_eq!(sealed.len(), len + SEAL_OVERHEAD);
             assert_eq!(&hsm.unseal(aad, &sealed).unwrap()[..], &plaintext[..]);
             // Fresh IV every time.
-            assert_ne!(hsm.seal(aad, &plaintext).unwrap(), sealed);
+            assert_ne!(
+                hsm.seal(aad, random_iv().unwrap(), &plaintext).unwrap(),
+                sealed
+            );
         }
     }
 }
@@ -185,7 +188,9 @@ fn seal_unseal_round_trip() {
 #[test]
 fn wrong_aad_is_integrity() {
     let (_softhsm, _token, hsm) = vault();
-    let sealed = hsm.seal(b"account-1|v1", b"escrowed key").unwrap();
+    let sealed = hsm
+        .seal(b"account-1|v1", random_iv().unwrap(), b"escrowed key")
+        .unwrap();
     assert_integrity(hsm.unseal(b"account-2|v1", &sealed));
     assert_integrity(hsm.unseal(b"account-1|v2", &sealed));
     assert_integrity(hsm.unseal(b"", &sealed));
@@ -199,7 +204,9 @@ fn wrong_aad_is_integrity() {
 #[test]
 fn flipped_byte_is_integrity() {
     let (_softhsm, _token, hsm) = vault();
-    let sealed = hsm.seal(b"ad", b"escrowed key").unwrap();
+    let sealed = hsm
+        .seal(b"ad", random_iv().unwrap(), b"escrowed key")
+        .unwrap();
     // IV, ciphertext, tag.
     for i in [0, 11, 12, 18, sealed.len() - 16, sealed.len() - 1] {
         for bit in [0x01, 0x80] {
@@ -214,7 +221,9 @@ fn flipped_byte_is_integrity() {
 #[test]
 fn truncated_is_integrity() {
     let (_softhsm, _token, hsm) = vault();
-    let sealed = hsm.seal(b"ad", b"escrowed key").unwrap();
+    let sealed = hsm
+        .seal(b"ad", random_iv().unwrap(), b"escrowed key")
+        .unwrap();
     assert_integrity(hsm.unseal(b"ad", &[]));
     assert_integrity(hsm.unseal(b"ad", &sealed[..SEAL_OVERHEAD - 1]));
     assert_integrity(hsm.unseal(b"ad", &sealed[..SEAL_OVERHEAD]));
@@ -235,7 +244,9 @@ fn sealed_under_another_master_key_is_integrity() {
     init_master_key(&config(&b), &b.pin, false).unwrap();
     let hsm_a = Hsm::open(&config(&a), &a.pin).unwrap();
     let hsm_b = Hsm::open(&config(&b), &b.pin).unwrap();
-    let sealed = hsm_a.seal(b"ad", b"escrowed key").unwrap();
+    let sealed = hsm_a
+        .seal(b"ad", random_iv().unwrap(), b"escrowed key")
+        .unwrap();
     assert_integrity(hsm_b.unseal(b"ad", &sealed));
     assert_eq!(&hsm_a.unseal(b"ad", &sealed).unwrap()[..], b"escrowed key");
 }
@@ -245,7 +256,7 @@ fn sealed_bytes_never_contain_the_plaintext() {
     let (softhsm, _token, hsm) = vault();
     let plaintext = b"correct horse battery staple ".repeat(8);
     for _ in 0..16 {
-        let sealed = hsm.seal(b"ad", &plaintext).unwrap();
+        let sealed = hsm.seal(b"ad", random_iv().unwrap(), &plaintext).unwrap();
         assert!(!sealed
             .windows(8)
             .any(|w| plaintext.windows(8).any(|p| p == w)));
@@ -321,7 +332,9 @@ fn master_key_value_cannot_be_read() {
 #[test]
 fn seal_survives_a_lost_login() {
     let (_softhsm, token, hsm) = vault();
-    let sealed = hsm.seal(b"ad", b"escrowed key").unwrap();
+    let sealed = hsm
+        .seal(b"ad", random_iv().unwrap(), b"escrowed key")
+        .unwrap();
     // Login state is per application: this logs out the vault's sessions
     // too and invalidates their private object handles.
     let session = raw_session(&token);
@@ -329,7 +342,7 @@ fn seal_survives_a_lost_login() {
     drop(session);
     assert_eq!(&hsm.unseal(b"ad", &sealed).unwrap()[..], b"escrowed key");
     for _ in 0..4 {
-        let again = hsm.seal(b"ad", b"more").unwrap();
+        let again = hsm.seal(b"ad", random_iv().unwrap(), b"more").unwrap();
         assert_eq!(&hsm.unseal(b"ad", &again).unwrap()[..], b"more");
     }
 }
@@ -344,7 +357,9 @@ fn eight_threads_share_two_sessions() {
                 for i in 0..100u32 {
                     let aad = format!("account-{t}|{i}");
                     let plaintext = format!("secret {t} {i}").repeat(10);
-                    let sealed = hsm.seal(aad.as_bytes(), plaintext.as_bytes()).unwrap();
+                    let sealed = hsm
+                        .seal(aad.as_bytes(), random_iv().unwrap(), plaintext.as_bytes())
+                        .unwrap();
                     let opened = hsm.unseal(aad.as_bytes(), &sealed).unwrap();
                     assert_eq!(&opened[..], plaintext.as_bytes());
                     if i % 10 == 0 {
@@ -411,8 +426,10 @@ fn ceremony_copies_the_master_key() {
             "{err:?}"
         );
         (
-            hsm_a.seal(b"account-1|v1", b"escrowed key").unwrap(),
-            hsm_a.seal(b"", b"").unwrap(),
+            hsm_a
+                .seal(b"account-1|v1", random_iv().unwrap(), b"escrowed key")
+                .unwrap(),
+            hsm_a.seal(b"", random_iv().unwrap(), b"").unwrap(),
         )
     };
 
@@ -504,7 +521,9 @@ fn ceremony_copies_the_master_key() {
         b"escrowed key"
     );
     assert!(hsm_b.unseal(b"", &sealed_empty).unwrap().is_empty());
-    let from_b = hsm_b.seal(b"account-2|v1", b"from b").unwrap();
+    let from_b = hsm_b
+        .seal(b"account-2|v1", random_iv().unwrap(), b"from b")
+        .unwrap();
     assert_eq!(
         &hsm_a.unseal(b"account-2|v1", &from_b).unwrap()[..],
         b"from b"

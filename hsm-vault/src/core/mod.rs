@@ -773,7 +773,13 @@ impl Vault {
         body: &RecordBody,
     ) -> Result<Commit, Error> {
         let version = expected_version + 1;
-        let stored = record::seal(self.platform.sealer.as_ref(), account, version, body)?;
+        let stored = record::seal(
+            self.platform.sealer.as_ref(),
+            self.platform.entropy.as_ref(),
+            account,
+            version,
+            body,
+        )?;
         let outcome = self.platform.log.commit(Command::PutRecord {
             account: account.clone(),
             expected_version,

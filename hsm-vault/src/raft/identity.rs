@@ -40,7 +40,7 @@ impl GroupId {
     /// A fresh random group id.
     pub fn random() -> Result<Self, Error> {
         let mut b = [0u8; 16];
-        getrandom::fill(&mut b).map_err(|e| Error::Storage(format!("no randomness: {e}")))?;
+        getrandom::fill(&mut b).map_err(|e| Error::Entropy(e.to_string()))?;
         Ok(GroupId(b))
     }
 }

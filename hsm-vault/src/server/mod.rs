@@ -106,7 +106,7 @@ pub async fn run(cfg: VaultConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
         Ok::<_, Error>(opened)
     })
     .await
-    .map_err(|e| Error::Storage(format!("start-up task failed: {e}")))??;
+    .map_err(|e| Error::Startup(format!("the start-up task failed: {e}")))??;
     let listeners = Listeners::bind(&cfg).await?;
     match cfg.raft.node_id {
         None => {
@@ -245,7 +245,7 @@ async fn run_replicated(
         state_machine,
     )
     .await
-    .map_err(|e| Error::Storage(format!("raft start-up failed: {e}")))?;
+    .map_err(|e| Error::Startup(format!("raft: {e}")))?;
     tokio::spawn(network::serve(
         peer_listener,
         raft.clone(),
