@@ -3,9 +3,9 @@
 //! The E2EBK wire protocol made executable. `SPEC.md` beside this crate is the
 //! normative prose; this crate holds the same rules as code: message types
 //! (generated from `proto/`, wrapped in domain types), the frame codec, size
-//! limits, the Noise wrapper for the three channels, the OPAQUE cipher suite
-//! and its parameters, the key-wrap construction, the backup file format and
-//! the 64-digit key text form.
+//! limits, the tunnel-id rule, the Noise wrapper for the channels, the OPAQUE
+//! cipher suite and its parameters, the key-wrap construction, the backup
+//! file format and the 64-digit key text form.
 //!
 //! Everything here is pure: no sockets, no async runtime, no clock, no global
 //! randomness. Callers pass in the bytes, keys and random values.
@@ -24,6 +24,7 @@ pub mod noise;
 pub mod opaque;
 pub mod retry;
 pub mod root_key;
+pub mod tunnel_ids;
 
 mod pb {
     //! Types generated from `proto/e2ebk/v1/*.proto`. Private: the rest of

@@ -1,5 +1,5 @@
-//! A thin, typed wrapper over snow for the protocol's three Noise channels
-//! (SPEC.md section 3).
+//! A thin, typed wrapper over snow for the protocol's four Noise channels
+//! (SPEC.md sections 3 and 5.5).
 //!
 //! | channel            | pattern                               | prologue                              |
 //! |--------------------|---------------------------------------|---------------------------------------|
@@ -8,7 +8,7 @@
 //! | client -> vault    | `Noise_NK_25519_ChaChaPoly_BLAKE2s`   | `"E2EBK/1 tunnel" || len || account`  |
 //! | vault <-> vault    | `Noise_KK_25519_ChaChaPoly_BLAKE2s`   | `"E2EBK/1 vault-peer"`                |
 //!
-//! All three are one round trip. Each step consumes its state, so a
+//! All four are one round trip. Each step consumes its state, so a
 //! handshake cannot be reused or run out of order. Every handshake message
 //! on the wire is one version byte followed by the Noise message.
 //!
@@ -60,7 +60,7 @@ pub fn tunnel_prologue(account: &AccountId) -> Vec<u8> {
     p
 }
 
-/// The three channels, for building handshakes.
+/// The four channels, for building handshakes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
     ClientChatd,
