@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use service_kit::logging::LogFormat;
+use service_kit::admin::AdminConfig;
+use service_kit::logging::LogConfig;
 
 pub const ENV_PREFIX: &str = "CHATD_";
 
@@ -90,19 +91,6 @@ pub struct VaultConfig {
     pub open_wait_secs: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    pub listen: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    pub level: String,
-}
-
 impl Default for ChatdConfig {
     fn default() -> Self {
         ChatdConfig {
@@ -111,25 +99,8 @@ impl Default for ChatdConfig {
             listen: ListenConfig::default(),
             limits: LimitsConfig::default(),
             vault: VaultConfig::default(),
-            admin: AdminConfig::default(),
+            admin: AdminConfig::listening_on("127.0.0.1:7080"),
             log: LogConfig::default(),
-        }
-    }
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            listen: "127.0.0.1:7080".into(),
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: "info".into(),
         }
     }
 }

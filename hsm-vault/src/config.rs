@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use service_kit::logging::LogFormat;
+use service_kit::admin::AdminConfig;
+use service_kit::logging::LogConfig;
 
 /// Environment variable prefix for overrides.
 pub const ENV_PREFIX: &str = "HSM_VAULT_";
@@ -116,21 +117,9 @@ pub struct LinkConfig {
     /// Address chatd should use to reach this replica's link listener, if it
     /// differs from `listen` (sent to chatd as a leader hint).
     pub advertise: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    /// Address of the admin listener (`/metrics`, `/livez`, `/readyz`).
-    pub listen: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    pub format: LogFormat,
-    /// `RUST_LOG`-style filter.
-    pub level: String,
+    /// Seconds a drain (SIGTERM) waits for tunnels with a request in
+    /// flight before the links close.
+    pub drain_deadline_secs: u64,
 }
 
 impl Default for VaultConfig {
@@ -144,7 +133,7 @@ impl Default for VaultConfig {
             max_queued_requests: 1024,
             hsm: HsmConfig::default(),
             link: LinkConfig::default(),
-            admin: AdminConfig::default(),
+            admin: AdminConfig::listening_on("127.0.0.1:7180"),
             raft: RaftConfig::default(),
             log: LogConfig::default(),
         }
@@ -174,23 +163,7 @@ impl Default for LinkConfig {
             handshake_timeout_secs: 10,
             max_links: 64,
             advertise: None,
-        }
-    }
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            listen: "127.0.0.1:7180".into(),
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: "info".into(),
+            drain_deadline_secs: 10,
         }
     }
 }

@@ -14,6 +14,23 @@ use parking_lot::Mutex;
 
 use crate::Error;
 
+/// The `[admin]` section of a server's configuration. Each binary's
+/// defaults give it its own port.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener (`/metrics`, `/livez`, `/readyz`).
+    pub listen: String,
+}
+
+impl AdminConfig {
+    pub fn listening_on(addr: &str) -> Self {
+        AdminConfig {
+            listen: addr.to_owned(),
+        }
+    }
+}
+
 /// Readiness as the process sees it, with a reason when not ready.
 #[derive(Debug)]
 pub struct Health {

@@ -14,6 +14,24 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `[log]` section of a server's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `RUST_LOG`-style filter.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
 /// Installs the global subscriber. `filter` uses `RUST_LOG` syntax
 /// (`info`, `hsm_vault=debug,info`); `RUST_LOG` in the environment wins.
 pub fn init(format: LogFormat, filter: &str) {
