@@ -25,11 +25,11 @@ use hsm_vault::config::HsmConfig;
 use hsm_vault::core::{Now, Platform, Vault, VaultParams, VaultSession};
 use hsm_vault::entropy::{Entropy, OsEntropy, RngAdapter, SeededEntropy};
 use hsm_vault::hsm::{init_master_key, Hsm};
-use hsm_vault::log::{LocalLog, MemoryLog, RecordLog};
-use hsm_vault::record::{self, RecordBody, Registration, RegistrationNonce};
 use hsm_vault::seal::Sealer;
 use hsm_vault::secrets::FleetSecrets;
-use hsm_vault::store::RecordStore;
+use hsm_vault::state::record::{self, RecordBody, Registration, RegistrationNonce};
+use hsm_vault::state::store::RecordStore;
+use hsm_vault::state::{LocalRecords, MemoryRecords, Records};
 use opaque_ke::{
     CredentialFinalization, CredentialRequest, ServerLogin, ServerLoginParameters,
     ServerRegistration, ServerSetup,
@@ -104,13 +104,13 @@ pub fn redb_store(dir: &Path, name: &str) -> Arc<RecordStore> {
 }
 
 /// The single-node durable log over a fresh redb store in `dir`.
-pub fn redb_log(dir: &Path, name: &str) -> Arc<LocalLog> {
-    Arc::new(LocalLog::new(redb_store(dir, name)))
+pub fn redb_log(dir: &Path, name: &str) -> Arc<LocalRecords> {
+    Arc::new(LocalRecords::new(redb_store(dir, name)))
 }
 
 /// An in-memory log (no IO at all).
-pub fn memory_log() -> Arc<MemoryLog> {
-    Arc::new(MemoryLog::default())
+pub fn memory_log() -> Arc<MemoryRecords> {
+    Arc::new(MemoryRecords::default())
 }
 
 /// A vault core, an account registered in it, and what is needed to drive
@@ -169,7 +169,7 @@ impl BenchVault {
     pub fn new(
         secrets: &FleetSecrets,
         sealer: Arc<dyn Sealer>,
-        log: Arc<dyn RecordLog>,
+        log: Arc<dyn Records>,
         scripted: bool,
         accounts: &[&str],
     ) -> Self {
@@ -182,7 +182,7 @@ impl BenchVault {
         let vault = Vault::new(
             Platform {
                 sealer: sealer.clone(),
-                log: log.clone(),
+                records: log.clone(),
                 entropy,
             },
             secrets.opaque_setup.clone(),

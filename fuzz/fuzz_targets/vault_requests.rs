@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use hsm_vault::core::{Now, Platform, Vault, VaultParams, VaultSession};
 use hsm_vault::entropy::SeededEntropy;
-use hsm_vault::log::{MemoryLog, RecordLog};
-use hsm_vault::record::{self, RecordBody, Registration, StoredRecord};
+use hsm_vault::state::{MemoryRecords, Records};
+use hsm_vault::state::record::{self, RecordBody, Registration, StoredRecord};
 use hsm_vault::seal::SoftSealer;
 use libfuzzer_sys::fuzz_target;
 use opaque_ke::{ClientLogin, ClientRegistration, ClientRegistrationFinishParameters, ServerSetup};
@@ -53,11 +53,11 @@ fn params(fleet: &FleetId) -> VaultParams {
     }
 }
 
-fn vault(setup: ServerSetup<Suite>, fleet: &FleetId, log: Arc<MemoryLog>) -> Vault {
+fn vault(setup: ServerSetup<Suite>, fleet: &FleetId, log: Arc<MemoryRecords>) -> Vault {
     Vault::new(
         Platform {
             sealer: Arc::new(SoftSealer::new(SEAL_KEY)),
-            log,
+            records: log,
             entropy: Arc::new(SeededEntropy::new(1)),
         },
         setup,
@@ -72,7 +72,7 @@ fn template() -> &'static Template {
         let setup = ServerSetup::<Suite>::new(&mut OsRng);
         let fleet = FleetId::new("fuzz-fleet").expect("fleet id");
         let alice = AccountId::new("alice").expect("account id");
-        let log = Arc::new(MemoryLog::default());
+        let log = Arc::new(MemoryRecords::default());
         let v = vault(setup.clone(), &fleet, log.clone());
         let now = Now::system();
         let mut s = VaultSession::new(alice.clone());
@@ -244,7 +244,7 @@ fn arbitrary_request(inp: &mut Input) -> Option<VaultRequest> {
 
 fuzz_target!(|data: &[u8]| {
     let t = template();
-    let log = Arc::new(MemoryLog::default());
+    let log = Arc::new(MemoryRecords::default());
     log.raw().insert(t.alice.clone(), t.stored.clone());
     let v = vault(t.setup.clone(), &t.fleet, log.clone());
     let bob = AccountId::new("bob").expect("account id");

@@ -4,28 +4,34 @@
 //! escrows each user's `wrapped_K`, counts login attempts durably before
 //! answering, and erases the escrow for good after too many failures.
 //!
-//! - [`core`]: the sans-IO vault: `handle(now, session, account, request)`
-//!   over the [`seal::Sealer`] (HSM), [`log::RecordLog`] (durable,
-//!   replicable commands) and [`entropy::Entropy`] traits.
-//! - [`hsm`]: the PKCS#11 layer (cryptoki; SoftHSM2 by default) and the key
-//!   ceremony that copies the master key to another replica's token.
-//! - [`store`], [`log`]: the redb state machine of sealed records and the
-//!   single-node durable log.
-//! - [`server`]: the chatd link listener (Noise_KK), tunnels (Noise_NK) and
-//!   the worker pool that keeps PKCS#11 calls off the async runtime.
+//! | module | owns |
+//! | --- | --- |
+//! | [`core`] | the sans-IO vault: [`core::Vault::handle`]`(now, session, request) -> response`, over the [`seal::Sealer`], [`state::Records`] and [`entropy::Entropy`] traits |
+//! | [`state`] | the commit path: record formats, the compare-and-set command and its rule, the redb store, the single-node commits |
+//! | [`raft`] | replication: the Raft group's storage, peer transport, identities, role, and the `/cluster/*` admin routes |
+//! | [`server`] | the running replica: its wiring ([`server::Replica`]), the chatd link listener, each link's sans-IO tunnel table, the worker pool |
+//! | [`hsm`] | PKCS#11 custody (cryptoki; SoftHSM2 by default): sessions, the sealer, and the key ceremony |
+//! | [`seal`] | the sealed format and the [`seal::Sealer`] trait the core seals through |
+//! | [`secrets`] | the fleet's long-term secrets and their sealed file |
+//! | [`entropy`] | randomness as the core sees it |
+//! | [`config`], [`error`] | the TOML configuration; the crate's one error type |
+//!
+//! One request, hop by hop: a link frame reaches [`server::link`], whose
+//! [`server::tunnels::TunnelTable`] submits a job; a worker
+//! ([`server::jobs`]) opens it and calls [`core::Vault::handle`], which
+//! reads and commits through [`state::Records`] (its own store, or
+//! [`raft::ReplicatedRecords`]) and seals through the HSM; the answer goes
+//! back to the table, which sends it.
 
-pub mod command;
 pub mod config;
 pub mod core;
 pub mod entropy;
 pub mod error;
 pub mod hsm;
-pub mod log;
 pub mod raft;
-pub mod record;
 pub mod seal;
 pub mod secrets;
 pub mod server;
-pub mod store;
+pub mod state;
 
 pub use error::Error;

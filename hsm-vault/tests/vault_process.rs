@@ -313,7 +313,8 @@ fn tampered_and_swapped_records_are_refused_and_reported() {
     // The attacker edits storage while the vault is down: a's row gets b's
     // sealed record (a valid seal, for another account).
     {
-        let store = hsm_vault::store::RecordStore::open(&f.data_dir().join("vault.redb")).unwrap();
+        let store =
+            hsm_vault::state::store::RecordStore::open(&f.data_dir().join("vault.redb")).unwrap();
         let rb = store.get(&b).unwrap().unwrap();
         store.overwrite_raw(a.as_str(), &rb).unwrap();
     }
@@ -340,7 +341,8 @@ fn tampered_and_swapped_records_are_refused_and_reported() {
     drop(p);
     // One flipped byte in b's sealed record.
     {
-        let store = hsm_vault::store::RecordStore::open(&f.data_dir().join("vault.redb")).unwrap();
+        let store =
+            hsm_vault::state::store::RecordStore::open(&f.data_dir().join("vault.redb")).unwrap();
         let mut rb = store.get(&b).unwrap().unwrap();
         let n = rb.sealed.len();
         rb.sealed[n - 20] ^= 0x01;

@@ -8,7 +8,7 @@ use protocol_spec::ids::AccountId;
 use protocol_spec::messages::vault::RegistrationMode;
 use protocol_spec::opaque::Suite;
 
-use crate::record::RegistrationNonce;
+use crate::state::record::RegistrationNonce;
 
 /// One tunnel's session with the vault.
 pub struct VaultSession {

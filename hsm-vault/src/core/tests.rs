@@ -14,31 +14,34 @@ use opaque_ke::{
 use protocol_spec::codes::VaultErrorCode;
 use protocol_spec::ids::{AccountId, FleetId};
 use protocol_spec::keywrap;
-use protocol_spec::messages::vault::{RecordState, RegistrationMode, VaultRequest, VaultResponse};
+use protocol_spec::messages::vault::{
+    RecordState, RegistrationMode, StatusReport, VaultRequest, VaultResponse,
+};
 use protocol_spec::opaque::{self, Suite};
 use protocol_spec::root_key::RootKey;
 use rand_core::OsRng;
 
 use super::*;
 use crate::entropy::SeededEntropy;
-use crate::log::MemoryLog;
 use crate::seal::SoftSealer;
+use crate::state::memory::MemoryRecords;
+use crate::state::record::{self, RecordBody};
 
 const MAX: u32 = 5;
 
 struct Fixture {
     vault: Vault,
-    log: Arc<MemoryLog>,
+    log: Arc<MemoryRecords>,
     fleet: FleetId,
     now: Now,
 }
 
-fn fixture_with(setup: ServerSetup<Suite>, log: Arc<MemoryLog>) -> Fixture {
+fn fixture_with(setup: ServerSetup<Suite>, log: Arc<MemoryRecords>) -> Fixture {
     let fleet = FleetId::new("test-fleet").unwrap();
     let vault = Vault::new(
         Platform {
             sealer: Arc::new(SoftSealer::new([7; 32])),
-            log: log.clone(),
+            records: log.clone(),
             entropy: Arc::new(SeededEntropy::new(42)),
         },
         setup,
@@ -59,7 +62,7 @@ fn fixture_with(setup: ServerSetup<Suite>, log: Arc<MemoryLog>) -> Fixture {
 fn fixture() -> Fixture {
     fixture_with(
         ServerSetup::<Suite>::new(&mut OsRng),
-        Arc::new(MemoryLog::default()),
+        Arc::new(MemoryRecords::default()),
     )
 }
 
@@ -233,7 +236,7 @@ impl Fixture {
         }
     }
 
-    fn raw_record(&self, acct: &AccountId) -> Option<crate::record::StoredRecord> {
+    fn raw_record(&self, acct: &AccountId) -> Option<crate::state::record::StoredRecord> {
         self.log.raw().get(acct).cloned()
     }
 }
@@ -438,7 +441,7 @@ fn last_attempt_expiring_or_abandoned_erases() {
 
 #[test]
 fn a_crash_after_counting_keeps_the_attempt_and_the_next_touch_erases() {
-    let log = Arc::new(MemoryLog::default());
+    let log = Arc::new(MemoryRecords::default());
     let setup = ServerSetup::<Suite>::new(&mut OsRng);
     let a = account("ivan");
     {
@@ -787,7 +790,7 @@ mod model {
             ops in proptest::collection::vec(op(), 1..24),
             stale in any::<bool>(),
         ) {
-            let log = Arc::new(MemoryLog::default());
+            let log = Arc::new(MemoryRecords::default());
             // Half the runs serve the core's optimistic reads one commit
             // late, as a replica whose state machine lags would.
             log.set_stale_reads(stale);

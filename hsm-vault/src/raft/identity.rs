@@ -26,8 +26,8 @@ use parking_lot::Mutex;
 use redb::Database;
 use serde::{Deserialize, Serialize};
 
-use super::store::{meta_get, meta_put, VOTE_KEY};
-use crate::store::RecordStore;
+use super::storage::{meta_get, meta_put, VOTE_KEY};
+use crate::state::store::RecordStore;
 use crate::Error;
 
 const GROUP_KEY: &str = "raft_group";
@@ -57,12 +57,16 @@ impl std::fmt::Debug for GroupId {
     }
 }
 
+/// Text that is not a group id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a group id (32 hex digits)")]
+pub struct BadGroupId(pub String);
+
 impl std::str::FromStr for GroupId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadGroupId;
+    fn from_str(s: &str) -> Result<Self, BadGroupId> {
         let mut b = [0u8; 16];
-        hex::decode_to_slice(s, &mut b)
-            .map_err(|_| format!("{s:?} is not a group id (32 hex digits)"))?;
+        hex::decode_to_slice(s, &mut b).map_err(|_| BadGroupId(s.to_owned()))?;
         Ok(GroupId(b))
     }
 }
@@ -78,6 +82,44 @@ impl<'de> Deserialize<'de> for GroupId {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// Why a replica-to-replica connection is refused, or a group cannot be
+/// made. The replica at the other end is at fault (or the operator who
+/// pointed it here), except for [`IdentityError::Store`].
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("node {from} meant to reach node {to} but reached node {me}")]
+    WrongNode { from: u64, to: u64, me: u64 },
+    #[error("node {from} of group {theirs} tried to reach this replica of group {mine}")]
+    OtherGroup {
+        from: u64,
+        theirs: GroupId,
+        mine: GroupId,
+    },
+    #[error("the replica at {addr} is node {node} of {}, not node {wanted_node} of group {wanted_group}", found_group(.group))]
+    Found {
+        addr: String,
+        node: u64,
+        group: Option<GroupId>,
+        wanted_node: u64,
+        wanted_group: GroupId,
+    },
+    #[error(
+        "this replica already belongs to group {0}; `cluster init` is run once, on the first \
+         replica of a new group (add others with `cluster add-learner`)"
+    )]
+    AlreadyInGroup(GroupId),
+    #[error("this replica belongs to no group yet; it cannot call other replicas")]
+    NoGroup,
+    #[error("cannot store the group id: {0}")]
+    Store(String),
+    #[error(transparent)]
+    Entropy(#[from] Error),
+}
+
+fn found_group(g: &Option<GroupId>) -> String {
+    g.map_or_else(|| "no group".to_string(), |g| format!("group {g}"))
 }
 
 /// The initiator's handshake payload.
@@ -147,23 +189,20 @@ impl PeerIdentity {
         *self.group.lock()
     }
 
-    fn persist(&self, g: GroupId) -> Result<(), String> {
-        meta_put(&self.db, GROUP_KEY, &g).map_err(|e| format!("cannot store the group id: {e}"))
+    fn persist(&self, g: GroupId) -> Result<(), IdentityError> {
+        meta_put(&self.db, GROUP_KEY, &g).map_err(|e| IdentityError::Store(e.to_string()))
     }
 
     /// Makes a new group with this replica in it, for `cluster init`.
     /// Refuses if the replica already belongs to a group: a second group
     /// under the same id, or a replica in two groups, is what this guards
     /// against.
-    pub fn create_group(&self) -> Result<GroupId, String> {
+    pub fn create_group(&self) -> Result<GroupId, IdentityError> {
         let mut g = self.group.lock();
         if let Some(existing) = *g {
-            return Err(format!(
-                "this replica already belongs to group {existing}; `cluster init` is run once, \
-                 on the first replica of a new group (add others with `cluster add-learner`)"
-            ));
+            return Err(IdentityError::AlreadyInGroup(existing));
         }
-        let new = GroupId::random().map_err(|e| e.to_string())?;
+        let new = GroupId::random()?;
         self.persist(new)?;
         *g = Some(new);
         tracing::info!(group = %new, "new group created");
@@ -172,20 +211,22 @@ impl PeerIdentity {
 
     /// Decides whether to serve the replica that sent `hello`. A replica in
     /// no group yet joins the caller's (durably, before answering).
-    pub fn admit(&self, hello: &PeerHello) -> Result<(), String> {
+    pub fn admit(&self, hello: &PeerHello) -> Result<(), IdentityError> {
         if hello.to != self.node_id {
-            return Err(format!(
-                "node {} meant to reach node {} but reached node {}",
-                hello.from, hello.to, self.node_id
-            ));
+            return Err(IdentityError::WrongNode {
+                from: hello.from,
+                to: hello.to,
+                me: self.node_id,
+            });
         }
         let mut g = self.group.lock();
         match *g {
             Some(mine) if mine == hello.group => Ok(()),
-            Some(mine) => Err(format!(
-                "node {} of group {} tried to reach this replica of group {mine}",
-                hello.from, hello.group
-            )),
+            Some(mine) => Err(IdentityError::OtherGroup {
+                from: hello.from,
+                theirs: hello.group,
+                mine,
+            }),
             None => {
                 self.persist(hello.group)?;
                 *g = Some(hello.group);
@@ -196,10 +237,8 @@ impl PeerIdentity {
     }
 
     /// The first message's payload for a connection to node `to`.
-    pub fn hello(&self, to: u64) -> Result<PeerHello, String> {
-        let group = self
-            .group()
-            .ok_or("this replica belongs to no group yet; it cannot call other replicas")?;
+    pub fn hello(&self, to: u64) -> Result<PeerHello, IdentityError> {
+        let group = self.group().ok_or(IdentityError::NoGroup)?;
         Ok(PeerHello {
             from: self.node_id,
             to,
@@ -216,17 +255,17 @@ impl PeerIdentity {
 }
 
 /// At the initiator: is the replica that answered the one `hello` meant?
-pub fn check_welcome(hello: &PeerHello, w: &PeerWelcome, addr: &str) -> Result<(), String> {
+pub fn check_welcome(hello: &PeerHello, w: &PeerWelcome, addr: &str) -> Result<(), IdentityError> {
     if w.node == hello.to && w.group == Some(hello.group) {
         return Ok(());
     }
-    let group = w
-        .group
-        .map_or_else(|| "no group".to_string(), |g| format!("group {g}"));
-    Err(format!(
-        "the replica at {addr} is node {} of {group}, not node {} of group {}",
-        w.node, hello.to, hello.group
-    ))
+    Err(IdentityError::Found {
+        addr: addr.to_owned(),
+        node: w.node,
+        group: w.group,
+        wanted_node: hello.to,
+        wanted_group: hello.group,
+    })
 }
 
 /// Logs an identity mismatch at most once a minute per key: Raft retries
@@ -277,7 +316,7 @@ mod tests {
             assert!(id.hello(1).is_err(), "no group, no calls");
             id.admit(&hello(1, 2, a)).unwrap();
             assert_eq!(id.group(), Some(a));
-            let e = id.admit(&hello(7, 2, b)).unwrap_err();
+            let e = id.admit(&hello(7, 2, b)).unwrap_err().to_string();
             assert!(e.contains("tried to reach this replica of group"), "{e}");
         }
         // After a restart it still belongs to `a`.
@@ -285,7 +324,7 @@ mod tests {
         assert_eq!(id.group(), Some(a));
         assert!(id.admit(&hello(3, 2, b)).is_err());
         assert!(id.admit(&hello(3, 2, a)).is_ok());
-        let e = id.create_group().unwrap_err();
+        let e = id.create_group().unwrap_err().to_string();
         assert!(e.contains("already belongs to group"), "{e}");
     }
 
@@ -294,7 +333,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = PeerIdentity::load(3, &store(&dir)).unwrap();
         let g = id.create_group().unwrap();
-        let e = id.admit(&hello(1, 2, g)).unwrap_err();
+        let e = id.admit(&hello(1, 2, g)).unwrap_err().to_string();
         assert!(
             e.contains("meant to reach node 2 but reached node 3"),
             "{e}"
@@ -327,7 +366,8 @@ mod tests {
             },
             "10.0.0.3:7180",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("the replica at 10.0.0.3:7180 is node 3"), "{e}");
         let e = check_welcome(
             &h,
@@ -337,7 +377,8 @@ mod tests {
             },
             "x",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains(&GroupId([8; 16]).to_string()), "{e}");
         assert!(check_welcome(
             &h,

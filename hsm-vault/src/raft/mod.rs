@@ -1,7 +1,7 @@
 //! Replication: the vault's commands through an openraft group.
 //!
 //! The core is unchanged: it commits [`Command`]s through a
-//! [`RecordLog`]. [`RaftLog`] makes that a Raft proposal that returns only
+//! [`Records`]. [`ReplicatedRecords`] makes that a Raft proposal that returns only
 //! once a majority has it durably and the leader has applied it, and makes
 //! reads linearizable (a quorum round confirms leadership and the leader
 //! waits until it has applied everything committed before the read). A
@@ -13,9 +13,11 @@
 #![allow(clippy::result_large_err)]
 
 pub mod admin;
+pub mod codec;
 pub mod identity;
 pub mod network;
-pub mod store;
+pub mod role;
+pub mod storage;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -23,17 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{Raft, ServerState};
+use openraft::Raft;
 use protocol_spec::ids::AccountId;
 use serde::{Deserialize, Serialize};
-use service_kit::admin::Health;
-use tokio::sync::watch;
 
-use crate::command::{ApplyOutcome, Command};
-use crate::log::RecordLog;
-use crate::record::StoredRecord;
-use crate::server::link::Role;
-use crate::store::RecordStore;
+use crate::state::command::{ApplyOutcome, Command};
+use crate::state::record::StoredRecord;
+use crate::state::records::Records;
+use crate::state::store::RecordStore;
 use crate::Error;
 
 /// How other replicas, chatd and operators reach a replica.
@@ -61,28 +60,28 @@ openraft::declare_raft_types!(
         Node = VaultNode,
 );
 
-/// The replicated [`RecordLog`]. Blocking, for the vault's worker threads.
-pub struct RaftLog {
+/// The replicated [`Records`]. Blocking, for the vault's worker threads.
+pub struct ReplicatedRecords {
     raft: Raft<VaultRaft>,
     store: Arc<RecordStore>,
     rt: tokio::runtime::Handle,
     timeout: Duration,
 }
 
-impl std::fmt::Debug for RaftLog {
+impl std::fmt::Debug for ReplicatedRecords {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RaftLog")
+        f.write_str("ReplicatedRecords")
     }
 }
 
-impl RaftLog {
+impl ReplicatedRecords {
     pub fn new(
         raft: Raft<VaultRaft>,
         store: Arc<RecordStore>,
         rt: tokio::runtime::Handle,
         timeout: Duration,
     ) -> Self {
-        RaftLog {
+        ReplicatedRecords {
             raft,
             store,
             rt,
@@ -101,7 +100,7 @@ where
     }
 }
 
-impl RecordLog for RaftLog {
+impl Records for ReplicatedRecords {
     fn read(&self, account: &AccountId) -> Result<Option<StoredRecord>, Error> {
         let raft = self.raft.clone();
         let confirmed = self.rt.block_on(async {
@@ -116,7 +115,7 @@ impl RecordLog for RaftLog {
 
     /// This replica's applied state, without a quorum round: the core only
     /// builds compare-and-set commits on it (which conflict if it was
-    /// stale) or re-reads with [`RecordLog::read`] before answering.
+    /// stale) or re-reads with [`Records::read`] before answering.
     fn read_for_update(&self, account: &AccountId) -> Result<Option<StoredRecord>, Error> {
         self.store.get(account)
     }
@@ -144,73 +143,6 @@ impl RecordLog for RaftLog {
             )),
         }
     }
-}
-
-/// Follows Raft's view of the cluster: publishes this replica's role for
-/// the link listener (leader, or the leader's link address), keeps
-/// `/readyz` honest (false without a reachable quorum), and exports the
-/// `vault_raft_*` metrics.
-pub fn watch_role(
-    raft: &Raft<VaultRaft>,
-    health: Arc<Health>,
-    election_timeout: Duration,
-) -> watch::Receiver<Role> {
-    let (tx, rx) = watch::channel(Role {
-        leader: false,
-        leader_hint: None,
-    });
-    let mut metrics = raft.metrics();
-    tokio::spawn(async move {
-        // Also tick: quorum contact ages even when nothing else changes.
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { return },
-                _ = tick.tick() => {}
-            }
-            let m = metrics.borrow().clone();
-            let leader = m.state == ServerState::Leader;
-            let hint = m.current_leader.and_then(|id| {
-                m.membership_config
-                    .membership()
-                    .get_node(&id)
-                    .map(|n| n.link_addr.clone())
-            });
-            let quorum_fresh = match (leader, m.millis_since_quorum_ack) {
-                (true, Some(ms)) => Duration::from_millis(ms) < election_timeout * 2,
-                (true, None) => false,
-                (false, _) => m.current_leader.is_some(),
-            };
-            if quorum_fresh {
-                health.set_ready();
-            } else {
-                health.set_not_ready("no reachable quorum");
-            }
-            let role = Role {
-                leader: leader && quorum_fresh,
-                leader_hint: if leader { None } else { hint },
-            };
-            tx.send_if_modified(|r| {
-                if *r != role {
-                    *r = role;
-                    true
-                } else {
-                    false
-                }
-            });
-            metrics::gauge!("vault_raft_term").set(m.current_term as f64);
-            metrics::gauge!("vault_raft_is_leader").set(if leader { 1.0 } else { 0.0 });
-            metrics::gauge!("vault_raft_leader").set(m.current_leader.map_or(-1.0, |l| l as f64));
-            let last_log = m.last_log_index.unwrap_or(0);
-            let applied = m.last_applied.map_or(0, |l| l.index);
-            metrics::gauge!("vault_raft_last_log_index").set(last_log as f64);
-            metrics::gauge!("vault_raft_last_applied_index").set(applied as f64);
-            metrics::gauge!("vault_raft_apply_lag").set(last_log.saturating_sub(applied) as f64);
-            metrics::gauge!("vault_raft_voters")
-                .set(m.membership_config.membership().voter_ids().count() as f64);
-        }
-    });
-    rx
 }
 
 /// Membership and health of the group, as `hsm-vault cluster status` shows.

@@ -30,11 +30,14 @@ use protocol_spec::keys::StaticSecret;
 use protocol_spec::noise::{Initiator, Responder, Transport};
 use protocol_spec::PROTOCOL_VERSION;
 use serde::{Deserialize, Serialize};
-use service_kit::records::{read_record, write_record};
+use service_kit::records::{read_record, write_record, RecordError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::identity::{check_welcome, PeerHello, PeerIdentity, PeerWelcome, WarnOnce};
+use super::codec::{self, CodecError};
+use super::identity::{
+    check_welcome, IdentityError, PeerHello, PeerIdentity, PeerWelcome, WarnOnce,
+};
 use super::{VaultNode, VaultRaft};
 
 type NodeId = u64;
@@ -59,17 +62,56 @@ enum PeerResponse {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
 }
 
-fn frame<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+/// Why a call to another replica, or a connection from one, failed. The
+/// other replica (or the network to it) is at fault in every case; to
+/// Raft each is an unreachable peer, retried at the next heartbeat.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("cannot resolve the address: {0}")]
+    Resolve(#[source] std::io::Error),
+    #[error("the address resolves to nothing")]
+    NoAddress,
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad record: {0}")]
+    Record(#[from] RecordError),
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("peer handshake failed (not our fleet?)")]
+    Handshake,
+    #[error("noise: {0}")]
+    Noise(#[from] protocol_spec::Error),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("unsupported peer protocol version {0}")]
+    Version(u8),
+    #[error("empty peer frame")]
+    Empty,
+    #[error("no answer in time")]
+    Timeout,
+    #[error("no request for {} s", PEER_IDLE_TIMEOUT.as_secs())]
+    Idle,
+    #[error("snapshot chunk at offset {offset} would pass the {MAX_SNAPSHOT_BYTES}-byte limit")]
+    SnapshotTooLarge { offset: u64 },
+    #[error("a blocking task failed: {0}")]
+    Task(String),
+}
+
+/// A frame's plaintext: the version byte, then one postcard value.
+fn frame<T: Serialize>(v: &T) -> Result<Vec<u8>, PeerError> {
     let mut out = vec![PROTOCOL_VERSION];
-    out.extend(postcard::to_allocvec(v).map_err(|e| e.to_string())?);
+    out.extend(codec::encode("peer frame", v)?);
     Ok(out)
 }
 
-fn unframe<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, String> {
+/// Strictly: a frame with bytes after its value is refused, as on disk.
+fn unframe<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, PeerError> {
     match b.split_first() {
-        Some((&PROTOCOL_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
-        Some((v, _)) => Err(format!("unsupported peer protocol version {v}")),
-        None => Err("empty peer frame".into()),
+        Some((&PROTOCOL_VERSION, rest)) => Ok(codec::decode("peer frame", rest)?),
+        Some((v, _)) => Err(PeerError::Version(*v)),
+        None => Err(PeerError::Empty),
     }
 }
 
@@ -195,49 +237,41 @@ impl PeerClient {
         None
     }
 
-    async fn connect(&self) -> Result<PeerConn, String> {
+    async fn connect(&self) -> Result<PeerConn, PeerError> {
         let addr: std::net::SocketAddr = tokio::net::lookup_host(&self.addr)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(PeerError::Resolve)?
             .next()
-            .ok_or("no address")?;
+            .ok_or(PeerError::NoAddress)?;
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()
         } else {
             tokio::net::TcpSocket::new_v6()
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
         if let Some(ip) = self.bind_source {
-            socket
-                .bind(std::net::SocketAddr::new(ip, 0))
-                .map_err(|e| e.to_string())?;
+            socket.bind(std::net::SocketAddr::new(ip, 0))?;
         }
-        let mut stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
         let hello = self.identity.hello(self.target)?;
-        let payload = postcard_bytes(&hello)?;
-        let (m1, waiting) = Initiator::peer(&self.key, &self.key.public_key())
-            .and_then(|i| i.write_first(&payload))
-            .map_err(|e| e.to_string())?;
-        write_record(&mut stream, &m1)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.flush().await.map_err(|e| e.to_string())?;
+        let payload = codec::encode("peer hello", &hello)?;
+        let (m1, waiting) =
+            Initiator::peer(&self.key, &self.key.public_key())?.write_first(&payload)?;
+        write_record(&mut stream, &m1).await?;
+        stream.flush().await?;
         let m2 = read_record(&mut stream, MAX_PEER_RECORD, Duration::from_secs(5))
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("peer closed during handshake")?;
+            .await?
+            .ok_or(PeerError::Closed)?;
         let (payload, transport) = waiting
             .read_response(&m2)
-            .map_err(|_| "peer handshake failed (not our fleet?)")?;
-        let welcome: PeerWelcome =
-            postcard::from_bytes(&payload).map_err(|e| format!("bad peer welcome: {e}"))?;
+            .map_err(|_| PeerError::Handshake)?;
+        let welcome: PeerWelcome = codec::decode("peer welcome", &payload)?;
         if let Err(e) = check_welcome(&hello, &welcome, &self.addr) {
             metrics::counter!("vault_raft_peer_refused_total", "side" => "caller").increment(1);
             if self.warn.due(&self.addr) {
                 tracing::warn!(target_node = self.target, addr = %self.addr, "{e}; not talking to it");
             }
-            return Err(e);
+            return Err(e.into());
         }
         Ok(PeerConn {
             stream,
@@ -246,7 +280,7 @@ impl PeerClient {
         })
     }
 
-    async fn call(&mut self, req: PeerRequest, ttl: Duration) -> Result<PeerResponse, String> {
+    async fn call(&mut self, req: PeerRequest, ttl: Duration) -> Result<PeerResponse, PeerError> {
         let body = frame(&req)?;
         let result = tokio::time::timeout(ttl, async {
             // A reused connection may have been closed by the peer while it
@@ -278,34 +312,29 @@ impl PeerClient {
             }
         })
         .await
-        .unwrap_or_else(|_| Err("timeout".into()));
+        .unwrap_or(Err(PeerError::Timeout));
         result.and_then(|plain| unframe(&plain))
     }
 
     /// Sends one framed request on `c` and returns the answer's plaintext.
-    async fn round_trip(c: &mut PeerConn, body: &[u8], ttl: Duration) -> Result<Vec<u8>, String> {
-        let sealed = c.transport.seal(body).map_err(|e| e.to_string())?;
-        write_record(&mut c.stream, &sealed)
-            .await
-            .map_err(|e| e.to_string())?;
-        c.stream.flush().await.map_err(|e| e.to_string())?;
+    async fn round_trip(
+        c: &mut PeerConn,
+        body: &[u8],
+        ttl: Duration,
+    ) -> Result<Vec<u8>, PeerError> {
+        let sealed = c.transport.seal(body)?;
+        write_record(&mut c.stream, &sealed).await?;
+        c.stream.flush().await?;
         let rec = read_record(&mut c.stream, MAX_PEER_RECORD, ttl)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("peer closed")?;
-        c.transport
-            .open(&rec, MAX_PEER_RECORD)
-            .map_err(|e| e.to_string())
+            .await?
+            .ok_or(PeerError::Closed)?;
+        Ok(c.transport.open(&rec, MAX_PEER_RECORD)?)
     }
 
-    fn unreachable<E: std::error::Error>(&self, e: String) -> RPCError<NodeId, VaultNode, E> {
+    fn unreachable<E: std::error::Error>(&self, e: PeerError) -> RPCError<NodeId, VaultNode, E> {
         tracing::debug!(target = self.target, error = %e, "peer rpc failed");
-        RPCError::Unreachable(Unreachable::new(&AnyError::error(e)))
+        RPCError::Unreachable(Unreachable::new(&e))
     }
-}
-
-fn postcard_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
-    postcard::to_allocvec(v).map_err(|e| e.to_string())
 }
 
 fn mismatch<E: std::error::Error>() -> RPCError<NodeId, VaultNode, E> {
@@ -418,7 +447,7 @@ async fn serve_peer(
     key: &StaticSecret,
     identity: Arc<PeerIdentity>,
     warn: &WarnOnce,
-) -> Result<(), String> {
+) -> Result<(), PeerError> {
     let _ = stream.set_nodelay(true);
     let handshake = async {
         let m1 = read_record(
@@ -426,14 +455,12 @@ async fn serve_peer(
             protocol_spec::limits::MAX_HANDSHAKE_MESSAGE,
             PEER_HANDSHAKE_TIMEOUT,
         )
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or("closed before handshake")?;
+        .await?
+        .ok_or(PeerError::Closed)?;
         let first = Responder::peer(key, &key.public_key())
             .and_then(|r| r.read_first(&m1))
-            .map_err(|_| "peer handshake failed (not our fleet?)")?;
-        let hello: PeerHello =
-            postcard::from_bytes(&first.payload).map_err(|e| format!("bad peer hello: {e}"))?;
+            .map_err(|_| PeerError::Handshake)?;
+        let hello: PeerHello = codec::decode("peer hello", &first.payload)?;
         // Answer with who we are even when refusing, so the caller can say
         // whom it reached instead.
         let admitted = if identity.group().is_some() {
@@ -444,41 +471,36 @@ async fn serve_peer(
             let (id, h) = (identity.clone(), hello.clone());
             tokio::task::spawn_blocking(move || id.admit(&h))
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| PeerError::Task(e.to_string()))?
         };
         let (m2, transport) = first
             .state
-            .write_response(&postcard_bytes(&identity.welcome())?)
-            .map_err(|e| e.to_string())?;
-        write_record(&mut stream, &m2)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.flush().await.map_err(|e| e.to_string())?;
+            .write_response(&codec::encode("peer welcome", &identity.welcome())?)?;
+        write_record(&mut stream, &m2).await?;
+        stream.flush().await?;
         if let Err(e) = admitted {
             metrics::counter!("vault_raft_peer_refused_total", "side" => "callee").increment(1);
             if warn.due(&format!("{}/{}", hello.from, hello.group)) {
                 tracing::warn!("{e}; connection refused");
             }
-            return Err(e);
+            return Err(e.into());
         }
-        Ok::<_, String>(transport)
+        Ok::<_, PeerError>(transport)
     };
     let mut transport = tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, handshake)
         .await
-        .map_err(|_| "handshake timed out".to_string())??;
+        .map_err(|_| PeerError::Timeout)??;
     loop {
         let next = tokio::time::timeout(
             PEER_IDLE_TIMEOUT,
             read_record(&mut stream, MAX_PEER_RECORD, Duration::from_secs(30)),
         )
         .await
-        .map_err(|_| "idle".to_string())?;
-        let Some(rec) = next.map_err(|e| e.to_string())? else {
+        .map_err(|_| PeerError::Idle)?;
+        let Some(rec) = next? else {
             return Ok(());
         };
-        let plain = transport
-            .open(&rec, MAX_PEER_RECORD)
-            .map_err(|e| e.to_string())?;
+        let plain = transport.open(&rec, MAX_PEER_RECORD)?;
         let resp = match unframe::<PeerRequest>(&plain)? {
             PeerRequest::Append(r) => PeerResponse::Append(raft.append_entries(r).await),
             PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
@@ -487,24 +509,19 @@ async fn serve_peer(
                 PeerResponse::Snapshot(raft.install_snapshot(r).await)
             }
         };
-        let sealed = transport.seal(&frame(&resp)?).map_err(|e| e.to_string())?;
-        write_record(&mut stream, &sealed)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.flush().await.map_err(|e| e.to_string())?;
+        let sealed = transport.seal(&frame(&resp)?)?;
+        write_record(&mut stream, &sealed).await?;
+        stream.flush().await?;
     }
 }
 
 /// Refuses a snapshot chunk that would grow the snapshot past
 /// [`MAX_SNAPSHOT_BYTES`] (an absurd offset would otherwise make the
 /// in-memory snapshot allocate it).
-fn check_snapshot_chunk(r: &InstallSnapshotRequest<VaultRaft>) -> Result<(), String> {
+fn check_snapshot_chunk(r: &InstallSnapshotRequest<VaultRaft>) -> Result<(), PeerError> {
     let end = r.offset.checked_add(r.data.len() as u64);
     if end.is_none_or(|end| end > MAX_SNAPSHOT_BYTES) {
-        return Err(format!(
-            "snapshot chunk at offset {} would pass the {MAX_SNAPSHOT_BYTES}-byte limit",
-            r.offset
-        ));
+        return Err(PeerError::SnapshotTooLarge { offset: r.offset });
     }
     Ok(())
 }

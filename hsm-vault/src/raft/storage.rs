@@ -1,5 +1,5 @@
-//! Raft storage in the vault's redb file: the log and vote ([`LogStore`])
-//! and the state machine of sealed records ([`StateMachine`]), plus
+//! Raft storage in the vault's redb file: the log and vote ([`RaftLogStore`])
+//! and the state machine of sealed records ([`RecordStateMachine`]), plus
 //! snapshots.
 //!
 //! Every write is an fsynced redb transaction before openraft is told it
@@ -22,9 +22,9 @@ use openraft::{
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{CommandOutcome, VaultNode, VaultRaft};
-use crate::record::StoredRecord;
-use crate::store::{apply_in, RecordStore, META, RECORDS};
+use super::{codec, CommandOutcome, VaultNode, VaultRaft};
+use crate::state::record::StoredRecord;
+use crate::state::store::{apply_in, RecordStore, META, RECORDS};
 
 type NodeId = u64;
 type SErr = StorageError<NodeId>;
@@ -48,17 +48,11 @@ fn read_err(e: impl std::fmt::Display) -> SErr {
 }
 
 fn enc<T: Serialize>(v: &T) -> Result<Vec<u8>, SErr> {
-    postcard::to_allocvec(v).map_err(io_err)
+    codec::encode("raft value", v).map_err(io_err)
 }
 
-/// Strict: the whole input must be one value, so a type mix-up fails
-/// loudly instead of decoding garbage.
 fn dec<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, SErr> {
-    match postcard::take_from_bytes(b) {
-        Ok((v, [])) => Ok(v),
-        Ok(_) => Err(read_err("trailing bytes in a stored raft value")),
-        Err(e) => Err(read_err(e)),
-    }
+    codec::decode("stored raft value", b).map_err(read_err)
 }
 
 /// Runs blocking redb work off the async workers.
@@ -93,17 +87,17 @@ pub(super) fn meta_put<T: Serialize>(db: &Database, key: &str, v: &T) -> Result<
 
 /// The Raft log and vote.
 #[derive(Clone)]
-pub struct LogStore {
+pub struct RaftLogStore {
     db: Arc<Database>,
 }
 
-impl std::fmt::Debug for LogStore {
+impl std::fmt::Debug for RaftLogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LogStore")
+        f.write_str("RaftLogStore")
     }
 }
 
-impl LogStore {
+impl RaftLogStore {
     pub fn new(store: &RecordStore) -> Result<Self, crate::Error> {
         let db = store.db().clone();
         let txn = db
@@ -113,11 +107,11 @@ impl LogStore {
             .map_err(|e| crate::Error::Storage(e.to_string()))?;
         txn.commit()
             .map_err(|e| crate::Error::Storage(e.to_string()))?;
-        Ok(LogStore { db })
+        Ok(RaftLogStore { db })
     }
 }
 
-impl RaftLogReader<VaultRaft> for LogStore {
+impl RaftLogReader<VaultRaft> for RaftLogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + Send>(
         &mut self,
         range: RB,
@@ -153,7 +147,7 @@ impl RaftLogReader<VaultRaft> for LogStore {
     }
 }
 
-impl RaftLogStorage<VaultRaft> for LogStore {
+impl RaftLogStorage<VaultRaft> for RaftLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<VaultRaft>, SErr> {
@@ -278,19 +272,19 @@ struct StoredSnapshot {
 /// The state machine: the record store plus what Raft needs to know about
 /// what was applied.
 #[derive(Clone)]
-pub struct StateMachine {
+pub struct RecordStateMachine {
     store: Arc<RecordStore>,
 }
 
-impl std::fmt::Debug for StateMachine {
+impl std::fmt::Debug for RecordStateMachine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StateMachine")
+        f.write_str("RecordStateMachine")
     }
 }
 
-impl StateMachine {
+impl RecordStateMachine {
     pub fn new(store: Arc<RecordStore>) -> Self {
-        StateMachine { store }
+        RecordStateMachine { store }
     }
 
     fn build(&self) -> Result<StoredSnapshot, SErr> {
@@ -357,7 +351,7 @@ fn unix_nanos() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
-impl RaftSnapshotBuilder<VaultRaft> for StateMachine {
+impl RaftSnapshotBuilder<VaultRaft> for RecordStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<VaultRaft>, SErr> {
         let me = self.clone();
         let snap = blocking(move || me.build()).await?;
@@ -368,7 +362,7 @@ impl RaftSnapshotBuilder<VaultRaft> for StateMachine {
     }
 }
 
-impl RaftStateMachine<VaultRaft> for StateMachine {
+impl RaftStateMachine<VaultRaft> for RecordStateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(
@@ -504,12 +498,14 @@ mod tests {
 
     struct Builder;
 
-    impl StoreBuilder<VaultRaft, LogStore, StateMachine, tempfile::TempDir> for Builder {
-        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), SErr> {
+    impl StoreBuilder<VaultRaft, RaftLogStore, RecordStateMachine, tempfile::TempDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, RaftLogStore, RecordStateMachine), SErr> {
             let dir = tempfile::tempdir().map_err(io_err)?;
             let store = Arc::new(RecordStore::open(&dir.path().join("s.redb")).map_err(io_err)?);
-            let log = LogStore::new(&store).map_err(io_err)?;
-            Ok((dir, log, StateMachine::new(store)))
+            let log = RaftLogStore::new(&store).map_err(io_err)?;
+            Ok((dir, log, RecordStateMachine::new(store)))
         }
     }
 
@@ -528,13 +524,13 @@ mod tests {
         let lid = |t, i| LogId::new(openraft::CommittedLeaderId::new(t, 2), i);
         {
             let store = RecordStore::open(&path).unwrap();
-            let mut log = LogStore::new(&store).unwrap();
+            let mut log = RaftLogStore::new(&store).unwrap();
             log.purge(lid(3, 127)).await.unwrap();
             log.save_committed(Some(lid(3, 130))).await.unwrap();
             log.save_vote(&Vote::new(4, 2)).await.unwrap();
         }
         let store = RecordStore::open(&path).unwrap();
-        let mut log = LogStore::new(&store).unwrap();
+        let mut log = RaftLogStore::new(&store).unwrap();
         let st = log.get_log_state().await.unwrap();
         assert_eq!(st.last_purged_log_id, Some(lid(3, 127)));
         assert_eq!(st.last_log_id, Some(lid(3, 127)));

@@ -1,48 +1,113 @@
-//! The running vault: wires the HSM, the fleet secrets, the store and the
-//! core to the chatd link listener and the admin listener.
+//! The running vault: one [`Replica`], opened from its configuration and
+//! then served.
+//!
+//! [`Replica::open`] opens the HSM, unseals the fleet secrets, opens the
+//! store and binds the listeners, in that order, stopping at the first
+//! problem with its message; it then builds the core over the replica's way
+//! of committing — its own fsynced store ([`Commits::Standalone`]) or a Raft
+//! group ([`Commits::Raft`]). [`Replica::serve`] runs the chatd link
+//! listener ([`link`]), whose tunnels ([`tunnels`]) hand work to the worker
+//! pool ([`workers`], [`jobs`]), and the admin listener, until shutdown.
 
+pub mod jobs;
 pub mod link;
+pub mod tunnels;
 pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
+use openraft::Raft;
 use protocol_spec::keys::PublicKey;
 use service_kit::admin::Health;
 use service_kit::shutdown::Shutdown;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::VaultConfig;
 use crate::core::{Failpoint, Platform, Vault, VaultParams};
-use crate::entropy::OsEntropy;
+use crate::entropy::{Entropy, OsEntropy};
 use crate::hsm::Hsm;
-use crate::log::{LocalLog, RecordLog};
+use crate::raft::role::{self, Role};
+use crate::raft::{self, admin, network, storage, VaultRaft};
 use crate::secrets::FleetSecrets;
-use crate::store::RecordStore;
+use crate::state::{LocalRecords, RecordStore, Records};
 use crate::Error;
-use link::{JobContext, LinkContext, Role};
+use jobs::JobContext;
+use link::LinkContext;
+use tunnels::TableSettings;
 
-/// What start-up opened, before any listener exists.
-pub struct Opened {
-    pub hsm: Arc<Hsm>,
-    pub secrets: FleetSecrets,
-    pub store: Arc<RecordStore>,
+/// Runs the vault until shutdown: opens the replica, then serves it.
+pub async fn run(cfg: VaultConfig, shutdown: watch::Receiver<Shutdown>) -> Result<(), Error> {
+    Replica::open(cfg).await?.serve(shutdown).await
 }
 
-impl std::fmt::Debug for Opened {
+/// How this replica makes commands durable.
+pub enum Commits {
+    /// Its own fsynced store; always the leader. (The sender keeps the
+    /// role's channel open: links end when it closes.)
+    Standalone { _role: watch::Sender<Role> },
+    /// A member of a Raft group: commits need a majority.
+    Raft {
+        raft: Raft<VaultRaft>,
+        /// The `/cluster/*` admin routes.
+        routes: axum::Router,
+        /// Where the peer listener is bound.
+        peer_addr: SocketAddr,
+    },
+}
+
+impl std::fmt::Debug for Commits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Opened").finish_non_exhaustive()
+        match self {
+            Commits::Standalone { .. } => f.write_str("Standalone"),
+            Commits::Raft { peer_addr, .. } => write!(f, "Raft(peers on {peer_addr})"),
+        }
     }
 }
 
+/// One opened replica, ready to serve.
+pub struct Replica {
+    cfg: VaultConfig,
+    secrets: FleetSecrets,
+    vault: Arc<Vault>,
+    commits: Commits,
+    role: watch::Receiver<Role>,
+    health: Arc<Health>,
+    metrics: PrometheusHandle,
+    link: TcpListener,
+    admin: TcpListener,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("replica_id", &self.cfg.replica_id)
+            .field("commits", &self.commits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the blocking part of start-up opened.
+struct Opened {
+    hsm: Arc<Hsm>,
+    secrets: FleetSecrets,
+    store: Arc<RecordStore>,
+}
+
 /// Opens the HSM, unseals the fleet secrets and opens the store, in that
-/// order, stopping at the first problem with its message. Blocking.
-pub fn open(cfg: &VaultConfig) -> Result<Opened, Error> {
+/// order, and ties the store to this configuration's mode. Blocking.
+fn open_blocking(cfg: &VaultConfig) -> Result<Opened, Error> {
     let pin = cfg.user_pin()?;
     let hsm = Arc::new(Hsm::open(&cfg.hsm, &pin)?);
     let secrets = FleetSecrets::unseal_from_file(hsm.as_ref(), &cfg.fleet_secrets_path())?;
     let store = Arc::new(RecordStore::open(&cfg.store_path())?);
+    store.bind_mode(&match cfg.raft.node_id {
+        None => "standalone".to_string(),
+        Some(n) => format!("raft node {n}"),
+    })?;
     Ok(Opened {
         hsm,
         secrets,
@@ -50,155 +115,167 @@ pub fn open(cfg: &VaultConfig) -> Result<Opened, Error> {
     })
 }
 
-/// Builds the vault core over the opened HSM and a log.
-pub fn build_vault(cfg: &VaultConfig, opened: &Opened, log: Arc<dyn RecordLog>) -> Vault {
-    let vault = Vault::new(
-        Platform {
-            sealer: opened.hsm.clone(),
-            log,
-            entropy: Arc::new(OsEntropy),
-        },
-        opened.secrets.opaque_setup.clone(),
-        VaultParams {
-            fleet_id: opened.secrets.fleet_id.clone(),
-            max_attempts: cfg.max_attempts,
-            login_timeout: Duration::from_secs(cfg.login_timeout_secs),
-        },
-    );
-    match failpoint_from_env() {
-        Some(point) => {
-            tracing::warn!(
-                ?point,
-                "HSM_VAULT_FAILPOINT set: this process will abort there (testing only)"
-            );
-            vault.with_failpoint(Box::new(move |p| {
-                if p == point {
-                    std::process::abort();
-                }
-            }))
-        }
-        None => vault,
-    }
-}
-
-/// `HSM_VAULT_FAILPOINT=attempt-committed|reset-committed` makes the process
-/// abort at that point, so tests can prove what a crash there preserves.
-fn failpoint_from_env() -> Option<Failpoint> {
-    match std::env::var("HSM_VAULT_FAILPOINT").ok()?.as_str() {
-        "attempt-committed" => Some(Failpoint::AttemptCommitted),
-        "reset-committed" => Some(Failpoint::ResetCommitted),
-        _ => None,
-    }
-}
-
-/// Runs the vault until shutdown: single-node, or a member of a Raft
-/// group when `raft.node_id` is set.
-pub async fn run(cfg: VaultConfig, shutdown: watch::Receiver<Shutdown>) -> Result<(), Error> {
-    let metrics = service_kit::admin::install_metrics()?;
-    let health = Health::new();
-    let cfg2 = cfg.clone();
-    let opened = tokio::task::spawn_blocking(move || {
-        let opened = open(&cfg2)?;
-        opened.store.bind_mode(&match cfg2.raft.node_id {
-            None => "standalone".to_string(),
-            Some(n) => format!("raft node {n}"),
-        })?;
-        Ok::<_, Error>(opened)
-    })
-    .await
-    .map_err(|e| Error::Startup(format!("the start-up task failed: {e}")))??;
-    let listeners = Listeners::bind(&cfg).await?;
-    match cfg.raft.node_id {
-        None => {
-            let log: Arc<dyn RecordLog> = Arc::new(LocalLog::new(opened.store.clone()));
-            let vault = Arc::new(build_vault(&cfg, &opened, log));
-            let (_role_tx, role_rx) = watch::channel(Role {
-                leader: true,
-                leader_hint: None,
-            });
-            health.set_ready();
-            listeners.announce(&cfg, None);
-            serve_links(
-                &cfg,
-                &opened,
-                vault,
-                role_rx,
-                health,
-                metrics,
-                axum::Router::new(),
-                listeners,
-                shutdown,
-            )
+impl Replica {
+    /// Opens everything start-up needs, stopping at the first problem with
+    /// its message; nothing is announced or served yet.
+    pub async fn open(cfg: VaultConfig) -> Result<Replica, Error> {
+        let metrics = service_kit::admin::install_metrics()?;
+        let health = Health::new();
+        let for_open = cfg.clone();
+        let opened = tokio::task::spawn_blocking(move || open_blocking(&for_open))
             .await
-        }
-        Some(node_id) => {
-            run_replicated(cfg, opened, node_id, health, metrics, listeners, shutdown).await
-        }
-    }
-}
-
-/// The link and admin listeners, bound before anything announces them.
-pub struct Listeners {
-    link: tokio::net::TcpListener,
-    admin: tokio::net::TcpListener,
-    pub link_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-}
-
-impl std::fmt::Debug for Listeners {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Listeners(link {}, admin {})",
-            self.link_addr, self.admin_addr
-        )
-    }
-}
-
-impl Listeners {
-    async fn bind(cfg: &VaultConfig) -> Result<Self, Error> {
-        let link = tokio::net::TcpListener::bind(&cfg.link.listen)
+            .map_err(|e| Error::Startup(format!("the start-up task failed: {e}")))??;
+        let link = TcpListener::bind(&cfg.link.listen)
             .await
             .map_err(|e| Error::io(format!("link listener {}", cfg.link.listen), e))?;
-        let link_addr = link
-            .local_addr()
-            .map_err(|e| Error::io("link listener", e))?;
         let admin = service_kit::admin::bind(&cfg.admin.listen).await?;
-        let admin_addr = admin
-            .local_addr()
-            .map_err(|e| Error::io("admin listener", e))?;
-        Ok(Listeners {
+        let entropy: Arc<dyn Entropy> = Arc::new(OsEntropy);
+        let (records, commits, role): (Arc<dyn Records>, _, _) = match cfg.raft.node_id {
+            None => {
+                let (tx, role) = watch::channel(Role::standalone());
+                health.set_ready();
+                let records = Arc::new(LocalRecords::new(opened.store.clone()));
+                (records, Commits::Standalone { _role: tx }, role)
+            }
+            Some(node_id) => {
+                let member = join_group(&cfg, &opened, node_id, &link, &admin, &health).await?;
+                (member.records, member.commits, member.role)
+            }
+        };
+        let vault = Vault::new(
+            Platform {
+                sealer: opened.hsm.clone(),
+                records,
+                entropy,
+            },
+            opened.secrets.opaque_setup.clone(),
+            VaultParams {
+                fleet_id: opened.secrets.fleet_id.clone(),
+                max_attempts: cfg.max_attempts,
+                login_timeout: Duration::from_secs(cfg.login_timeout_secs),
+            },
+        );
+        Ok(Replica {
+            vault: Arc::new(with_failpoint_from_env(vault)),
+            secrets: opened.secrets,
+            cfg,
+            commits,
+            role,
+            health,
+            metrics,
             link,
             admin,
-            link_addr,
-            admin_addr,
         })
     }
 
-    /// One machine-readable line on stdout, so scripts and tests learn the
-    /// bound ports (port 0 in the config picks a free one).
-    fn announce(&self, cfg: &VaultConfig, raft: Option<SocketAddr>) {
-        let raft = raft
-            .map(|r| format!(",\"raft\":\"{r}\""))
-            .unwrap_or_default();
-        println!(
-            "{{\"event\":\"listening\",\"replica\":\"{}\",\"link\":\"{}\",\"admin\":\"{}\"{raft}}}",
-            cfg.replica_id, self.link_addr, self.admin_addr
-        );
+    /// Serves the link and admin listeners until shutdown.
+    pub async fn serve(self, shutdown: watch::Receiver<Shutdown>) -> Result<(), Error> {
+        let Replica {
+            cfg,
+            secrets,
+            vault,
+            commits,
+            role,
+            health,
+            metrics,
+            link,
+            admin,
+        } = self;
+        let local =
+            |l: &TcpListener, what: &'static str| l.local_addr().map_err(|e| Error::io(what, e));
+        let link_addr = local(&link, "link listener")?;
+        let admin_addr = local(&admin, "admin listener")?;
+        let (routes, raft, peer_addr) = match &commits {
+            Commits::Standalone { .. } => (axum::Router::new(), None, None),
+            Commits::Raft {
+                raft,
+                routes,
+                peer_addr,
+            } => (routes.clone(), Some(raft.clone()), Some(*peer_addr)),
+        };
+        announce(&cfg.replica_id, link_addr, admin_addr, peer_addr);
+        let chatd_keys = cfg
+            .link
+            .chatd_keys
+            .iter()
+            .map(|k| PublicKey::from_hex(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        if chatd_keys.is_empty() {
+            tracing::warn!("link.chatd_keys is empty: no chatd can connect");
+        }
+        let jobs = Arc::new(JobContext {
+            vault,
+            tunnel_key: secrets.tunnel_key.clone(),
+        });
+        let workers = Arc::new(jobs::worker_pool(
+            jobs.clone(),
+            cfg.workers,
+            cfg.max_queued_requests,
+        ));
+        let ctx = Arc::new(LinkContext {
+            jobs,
+            workers: workers.clone(),
+            link_key: secrets.link_key.clone(),
+            chatd_keys,
+            replica_id: cfg.replica_id.clone(),
+            table: TableSettings {
+                max_tunnels: cfg.link.max_tunnels_per_link,
+                idle_timeout: Duration::from_secs(cfg.link.tunnel_idle_timeout_secs),
+                drain_deadline: Duration::from_secs(cfg.link.drain_deadline_secs),
+            },
+            handshake_timeout: Duration::from_secs(cfg.link.handshake_timeout_secs),
+            role,
+        });
+        let mut admin_shutdown = shutdown.clone();
+        let admin_task = tokio::spawn(service_kit::admin::serve(
+            admin,
+            health.clone(),
+            metrics,
+            routes,
+            async move { service_kit::shutdown::reached(&mut admin_shutdown, Shutdown::Fast).await },
+        ));
+        tracing::info!(%link_addr, %admin_addr, replica = %cfg.replica_id, fleet = %secrets.fleet_id, "vault serving");
+
+        let mut drain_watch = shutdown.clone();
+        let health_drain = health.clone();
+        tokio::spawn(async move {
+            service_kit::shutdown::reached(&mut drain_watch, Shutdown::Drain).await;
+            health_drain.set_not_ready("draining");
+        });
+        link::serve(link, ctx, cfg.link.max_links, shutdown).await;
+        admin_task.abort();
+        // Let queued work finish; every commit it makes is durable anyway.
+        if let Ok(pool) = Arc::try_unwrap(workers) {
+            let _ = tokio::task::spawn_blocking(move || pool.shutdown()).await;
+        }
+        if let Some(raft) = raft {
+            let _ = raft.shutdown().await;
+        }
+        drop(commits);
+        tracing::info!("vault stopped");
+        Ok(())
     }
 }
 
-async fn run_replicated(
-    cfg: VaultConfig,
-    opened: Opened,
+/// What joining a Raft group produced.
+struct Member {
+    records: Arc<dyn Records>,
+    commits: Commits,
+    role: watch::Receiver<Role>,
+}
+
+/// Starts this replica's Raft node over the store, its peer listener and
+/// the admin routes, and follows its role.
+async fn join_group(
+    cfg: &VaultConfig,
+    opened: &Opened,
     node_id: u64,
-    health: Arc<Health>,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-    listeners: Listeners,
-    shutdown: watch::Receiver<Shutdown>,
-) -> Result<(), Error> {
-    use crate::raft::{self, admin, network, store};
+    link: &TcpListener,
+    admin: &TcpListener,
+    health: &Arc<Health>,
+) -> Result<Member, Error> {
     let r = &cfg.raft;
+    let bad_config = |m: String| Error::Service(service_kit::Error::Config(m));
     let raft_config = openraft::Config {
         cluster_name: opened.secrets.fleet_id.to_string(),
         heartbeat_interval: r.heartbeat_ms,
@@ -214,30 +291,29 @@ async fn run_replicated(
         ..Default::default()
     }
     .validate()
-    .map_err(|e| Error::Service(service_kit::Error::Config(format!("raft: {e}"))))?;
+    .map_err(|e| bad_config(format!("raft: {e}")))?;
     let bind_source = match &r.bind_source {
-        Some(s) => Some(s.parse().map_err(|_| {
-            Error::Service(service_kit::Error::Config(format!(
-                "raft.bind_source {s:?} is not an IP address"
-            )))
-        })?),
+        Some(s) => Some(
+            s.parse()
+                .map_err(|_| bad_config(format!("raft.bind_source {s:?} is not an IP address")))?,
+        ),
         None => None,
     };
-    let peer_listener = tokio::net::TcpListener::bind(&r.listen)
+    let peer_listener = TcpListener::bind(&r.listen)
         .await
         .map_err(|e| Error::io(format!("raft listener {}", r.listen), e))?;
-    let raft_addr = peer_listener
+    let peer_addr = peer_listener
         .local_addr()
         .map_err(|e| Error::io("raft listener", e))?;
-    let log_store = store::LogStore::new(&opened.store)?;
-    let state_machine = store::StateMachine::new(opened.store.clone());
+    let log_store = storage::RaftLogStore::new(&opened.store)?;
+    let state_machine = storage::RecordStateMachine::new(opened.store.clone());
     let identity = raft::identity::PeerIdentity::load(node_id, &opened.store)?;
     let network = network::PeerNetwork::new(
         opened.secrets.peer_key.clone(),
         identity.clone(),
         bind_source,
     );
-    let raft = openraft::Raft::new(
+    let raft = Raft::new(
         node_id,
         Arc::new(raft_config),
         network,
@@ -252,115 +328,75 @@ async fn run_replicated(
         opened.secrets.peer_key.clone(),
         identity.clone(),
     ));
-    let log: Arc<dyn RecordLog> = Arc::new(raft::RaftLog::new(
+    let records: Arc<dyn Records> = Arc::new(raft::ReplicatedRecords::new(
         raft.clone(),
         opened.store.clone(),
         tokio::runtime::Handle::current(),
         Duration::from_secs(r.commit_timeout_secs),
     ));
-    let vault = Arc::new(build_vault(&cfg, &opened, log));
-    let role = raft::watch_role(
+    let role = role::watch_role(
         &raft,
         health.clone(),
         Duration::from_millis(r.election_timeout_max_ms),
     );
+    let link_addr = link
+        .local_addr()
+        .map_err(|e| Error::io("link listener", e))?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| Error::io("admin listener", e))?;
     let me = admin::SelfInfo {
         node_id,
         node: raft::VaultNode {
-            raft_addr: r.advertise.clone().unwrap_or_else(|| raft_addr.to_string()),
+            raft_addr: r.advertise.clone().unwrap_or_else(|| peer_addr.to_string()),
             link_addr: cfg
                 .link
                 .advertise
                 .clone()
-                .unwrap_or_else(|| listeners.link_addr.to_string()),
-            admin_addr: listeners.admin_addr.to_string(),
+                .unwrap_or_else(|| link_addr.to_string()),
+            admin_addr: admin_addr.to_string(),
         },
         group: None,
     };
-    let extra = admin::routes(raft.clone(), me, identity);
-    listeners.announce(&cfg, Some(raft_addr));
-    tracing::info!(node_id, %raft_addr, "raft replica started");
-    let result = serve_links(
-        &cfg, &opened, vault, role, health, metrics, extra, listeners, shutdown,
-    )
-    .await;
-    let _ = raft.shutdown().await;
-    result
+    let routes = admin::routes(raft.clone(), me, identity);
+    tracing::info!(node_id, %peer_addr, "raft replica started");
+    Ok(Member {
+        records,
+        commits: Commits::Raft {
+            raft,
+            routes,
+            peer_addr,
+        },
+        role,
+    })
 }
 
-/// Serves the link and admin listeners until shutdown. Shared by the
-/// single-node and replicated modes.
-#[allow(clippy::too_many_arguments)]
-pub async fn serve_links(
-    cfg: &VaultConfig,
-    opened: &Opened,
-    vault: Arc<Vault>,
-    role: watch::Receiver<Role>,
-    health: Arc<Health>,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-    extra: axum::Router,
-    listeners: Listeners,
-    shutdown: watch::Receiver<Shutdown>,
-) -> Result<(), Error> {
-    let chatd_keys = cfg
-        .link
-        .chatd_keys
-        .iter()
-        .map(|k| PublicKey::from_hex(k))
-        .collect::<Result<Vec<_>, _>>()?;
-    if chatd_keys.is_empty() {
-        tracing::warn!("link.chatd_keys is empty: no chatd can connect");
-    }
-    let jobs = Arc::new(JobContext {
-        vault,
-        tunnel_key: opened.secrets.tunnel_key.clone(),
-        fleet_id: opened.secrets.fleet_id.clone(),
-        max_attempts: cfg.max_attempts,
-    });
-    let workers = Arc::new(link::worker_pool(
-        jobs.clone(),
-        cfg.workers,
-        cfg.max_queued_requests,
-    ));
-    let ctx = Arc::new(LinkContext {
-        jobs,
-        workers: workers.clone(),
-        link_key: opened.secrets.link_key.clone(),
-        chatd_keys,
-        replica_id: cfg.replica_id.clone(),
-        max_tunnels: cfg.link.max_tunnels_per_link,
-        tunnel_idle_timeout: Duration::from_secs(cfg.link.tunnel_idle_timeout_secs),
-        handshake_timeout: Duration::from_secs(cfg.link.handshake_timeout_secs),
-        role,
-    });
-    let Listeners {
-        link: listener,
-        admin,
-        link_addr,
-        admin_addr,
-    } = listeners;
-    let mut admin_shutdown = shutdown.clone();
-    let admin_task = tokio::spawn(service_kit::admin::serve(
-        admin,
-        health.clone(),
-        metrics,
-        extra,
-        async move { service_kit::shutdown::reached(&mut admin_shutdown, Shutdown::Fast).await },
-    ));
-    tracing::info!(%link_addr, %admin_addr, replica = %cfg.replica_id, fleet = %opened.secrets.fleet_id, "vault serving");
+/// One machine-readable line on stdout, so scripts and tests learn the
+/// bound ports (port 0 in the config picks a free one).
+fn announce(replica: &str, link: SocketAddr, admin: SocketAddr, raft: Option<SocketAddr>) {
+    let raft = raft
+        .map(|r| format!(",\"raft\":\"{r}\""))
+        .unwrap_or_default();
+    println!(
+        "{{\"event\":\"listening\",\"replica\":\"{replica}\",\"link\":\"{link}\",\"admin\":\"{admin}\"{raft}}}"
+    );
+}
 
-    let mut drain_watch = shutdown.clone();
-    let health_drain = health.clone();
-    tokio::spawn(async move {
-        service_kit::shutdown::reached(&mut drain_watch, Shutdown::Drain).await;
-        health_drain.set_not_ready("draining");
-    });
-    link::serve(listener, ctx, cfg.link.max_links, shutdown).await;
-    admin_task.abort();
-    // Let queued work finish; every commit it makes is durable anyway.
-    if let Ok(pool) = Arc::try_unwrap(workers) {
-        let _ = tokio::task::spawn_blocking(move || pool.shutdown()).await;
-    }
-    tracing::info!("vault stopped");
-    Ok(())
+/// `HSM_VAULT_FAILPOINT=attempt-committed|reset-committed` makes the process
+/// abort at that point, so tests can prove what a crash there preserves.
+fn with_failpoint_from_env(vault: Vault) -> Vault {
+    let point = match std::env::var("HSM_VAULT_FAILPOINT").ok().as_deref() {
+        Some("attempt-committed") => Failpoint::AttemptCommitted,
+        Some("reset-committed") => Failpoint::ResetCommitted,
+        _ => return vault,
+    };
+    tracing::warn!(
+        ?point,
+        "HSM_VAULT_FAILPOINT set: this process will abort there (testing only)"
+    );
+    vault.with_failpoint(Box::new(move |p| {
+        if p == point {
+            std::process::abort();
+        }
+    }))
 }

@@ -14,7 +14,7 @@
 use protocol_spec::frame::Reader;
 use protocol_spec::ids::AccountId;
 
-use crate::record::StoredRecord;
+use super::record::StoredRecord;
 use crate::Error;
 
 const COMMAND_FORMAT: u8 = 1;
@@ -42,6 +42,32 @@ pub enum ApplyOutcome {
 }
 
 impl Command {
+    /// The account the command changes.
+    pub fn account(&self) -> &AccountId {
+        let Command::PutRecord { account, .. } = self;
+        account
+    }
+
+    /// The compare-and-set rule, the same on every replica and in every
+    /// implementation of [`super::Records`]: the command applies only if
+    /// the account's record is at `expected_version` now (0: no record)
+    /// and it writes the next version. Anything else is a conflict and
+    /// writes nothing.
+    pub fn check(&self, current_version: u64) -> ApplyOutcome {
+        let Command::PutRecord {
+            expected_version,
+            record,
+            ..
+        } = self;
+        if current_version == *expected_version
+            && record.version == expected_version.wrapping_add(1)
+        {
+            ApplyOutcome::Applied
+        } else {
+            ApplyOutcome::Conflict { current_version }
+        }
+    }
+
     /// Versioned binary form, as stored in logs and sent between replicas.
     pub fn encode(&self) -> Vec<u8> {
         let Command::PutRecord {

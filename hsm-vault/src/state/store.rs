@@ -13,8 +13,8 @@ use redb::{
     WriteTransaction,
 };
 
-use crate::command::{ApplyOutcome, Command};
-use crate::record::StoredRecord;
+use super::command::{ApplyOutcome, Command};
+use super::record::StoredRecord;
 use crate::Error;
 
 /// account id -> encoded [`StoredRecord`].
@@ -187,22 +187,20 @@ impl RecordStore {
 /// apply a batch and its bookkeeping atomically).
 pub(crate) fn apply_in(txn: &WriteTransaction, cmd: &Command) -> Result<ApplyOutcome, Error> {
     let Command::PutRecord {
-        account,
-        expected_version,
-        record,
+        account, record, ..
     } = cmd;
     let mut table = txn.open_table(RECORDS).map_err(storage)?;
     let current_version = match table.get(account.as_str()).map_err(storage)? {
         Some(v) => StoredRecord::decode(v.value())?.version,
         None => 0,
     };
-    if current_version != *expected_version || record.version != expected_version + 1 {
-        return Ok(ApplyOutcome::Conflict { current_version });
+    let outcome = cmd.check(current_version);
+    if outcome == ApplyOutcome::Applied {
+        table
+            .insert(account.as_str(), record.encode().as_slice())
+            .map_err(storage)?;
     }
-    table
-        .insert(account.as_str(), record.encode().as_slice())
-        .map_err(storage)?;
-    Ok(ApplyOutcome::Applied)
+    Ok(outcome)
 }
 
 #[cfg(test)]
