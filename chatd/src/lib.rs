@@ -6,18 +6,36 @@
 //! pool of Noise_KK links to the vault leader. It never holds a key that
 //! could open a tunnel.
 //!
-//! - [`conn`]: one client connection, from upgrade to close.
-//! - [`vault_link`]: the links to the vault and leader following.
-//! - [`directory`]: accounts, device keys, enrolment codes (SQLite).
-//! - [`limits`]: rate limits and caps.
-//! - [`server`]: listener, accept loop, shutdown phases.
+//! | module | owns |
+//! | --- | --- |
+//! | [`server`] | the listener, accept loop, admin listener and shutdown phases |
+//! | [`conn`] | one client connection as IO: upgrade, handshake, the driver loop |
+//! | [`admission`] | who gets in: pre-upgrade checks and handshake outcomes as close codes |
+//! | [`session`] | one admitted connection as a sans-IO state machine (frames, tunnels, budgets, liveness, drain) |
+//! | [`leader`] | following the vault leader: the pool of links to it |
+//! | [`vault_link`] | one Noise_KK link to a replica, and the tunnel handles connections hold |
+//! | [`link_tunnels`] | the tunnels of one link as a sans-IO table (ids, routes, vault frames) |
+//! | [`directory`] | accounts, device keys, enrolment codes (SQLite) |
+//! | [`rate_limits`] | token buckets: per address, per connection, per account |
+//! | [`config`], [`keys`] | the TOML configuration; chatd's key files |
+//!
+//! One tunnel request, hop by hop: [`conn`] reads a WebSocket message and
+//! hands it to the connection's [`session::ClientSession`], which asks to
+//! relay it; the tunnel's [`vault_link::TunnelHandle`] queues it on its
+//! link; the vault's answer comes back through the link's
+//! [`link_tunnels::LinkTunnels`] to the connection, and the session seals
+//! it for the client.
 
+pub mod admission;
 pub mod config;
 pub mod conn;
 pub mod directory;
 pub mod keys;
-pub mod limits;
+pub mod leader;
+pub mod link_tunnels;
+pub mod rate_limits;
 pub mod server;
+pub mod session;
 pub mod vault_link;
 
 /// The crate's one error type; messages say what to fix.

@@ -16,10 +16,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ChatdConfig;
-use crate::conn::{self, Shared};
+use crate::conn::{self, Frontend};
 use crate::directory::SqliteDirectory;
-use crate::limits::{AccountLimits, SourceLimiter};
-use crate::vault_link::{LinkSettings, VaultLinks};
+use crate::leader::VaultLinks;
+use crate::rate_limits::{AccountLimits, SourceLimiter};
+use crate::vault_link::LinkSettings;
 use crate::{keys, Error};
 
 fn bind(addr: &str, reuse_port: bool) -> Result<TcpListener, Error> {
@@ -73,7 +74,7 @@ pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
         .map_err(|e| Error::Bind(e.to_string()))?;
     let admin = service_kit::admin::bind(&cfg.admin.listen).await?;
     let admin_addr = admin.local_addr().map_err(|e| Error::Bind(e.to_string()))?;
-    let shared = Arc::new(Shared {
+    let frontend = Arc::new(Frontend {
         sources: SourceLimiter::new(
             cfg.limits.handshakes_per_ip_per_sec,
             cfg.limits.handshake_burst,
@@ -102,23 +103,23 @@ pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
     println!(
         "{{\"event\":\"listening\",\"instance\":\"{}\",\"listen\":\"{addr}\",\"admin\":\"{admin_addr}\",\"static_key\":\"{}\"}}",
         cfg.instance,
-        shared.static_key.public_key()
+        frontend.static_key.public_key()
     );
     tracing::info!(%addr, %admin_addr, instance = %cfg.instance, "chatd serving");
 
     // Housekeeping: prune the per-address limiter.
     let pruner = {
-        let shared = shared.clone();
+        let frontend = frontend.clone();
         tokio::spawn(async move {
             let mut t = tokio::time::interval(Duration::from_secs(30));
             loop {
                 t.tick().await;
-                shared.sources.prune(std::time::Instant::now());
+                frontend.sources.prune(std::time::Instant::now());
             }
         })
     };
 
-    accept_loop(listener, shared.clone(), health, shutdown.clone()).await;
+    accept_loop(listener, frontend.clone(), health, shutdown.clone()).await;
 
     // Wait for connections to finish: the drain deadline plus the close
     // handshake, or a short grace on a fast shutdown.
@@ -129,7 +130,8 @@ pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
     };
     let deadline = tokio::time::Instant::now() + grace;
     let mut shutdown = shutdown;
-    while shared.connections.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+    while frontend.connections.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline
+    {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             _ = shutdown.wait_for(|s| *s == Shutdown::Fast) => {}
@@ -138,7 +140,7 @@ pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
     pruner.abort();
     admin_task.abort();
     tracing::info!(
-        left = shared.connections.load(Ordering::SeqCst),
+        left = frontend.connections.load(Ordering::SeqCst),
         "chatd stopped"
     );
     Ok(())
@@ -146,7 +148,7 @@ pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
 
 async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    frontend: Arc<Frontend>,
     health: Arc<Health>,
     mut shutdown: watch::Receiver<Shutdown>,
 ) {
@@ -162,16 +164,16 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                if shared.connections.load(Ordering::SeqCst) >= shared.cfg.listen.max_connections {
+                if frontend.connections.load(Ordering::SeqCst) >= frontend.cfg.listen.max_connections {
                     metrics::counter!("chatd_connections_refused_total", "reason" => "max_connections").increment(1);
                     drop(stream);
                     continue;
                 }
-                shared.connections.fetch_add(1, Ordering::SeqCst);
-                let shared = shared.clone();
+                frontend.connections.fetch_add(1, Ordering::SeqCst);
+                let frontend = frontend.clone();
                 tokio::spawn(async move {
-                    conn::serve(stream, peer, shared.clone()).await;
-                    shared.connections.fetch_sub(1, Ordering::SeqCst);
+                    conn::serve(stream, peer, frontend.clone()).await;
+                    frontend.connections.fetch_sub(1, Ordering::SeqCst);
                 });
             }
             changed = shutdown.changed() => {
@@ -184,12 +186,12 @@ async fn accept_loop(
                     }
                     Shutdown::Fast => return,
                 }
-                if level == Shutdown::Drain && shared.connections.load(Ordering::SeqCst) == 0 {
+                if level == Shutdown::Drain && frontend.connections.load(Ordering::SeqCst) == 0 {
                     return;
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(100)), if *shutdown.borrow() == Shutdown::Drain => {
-                if shared.connections.load(Ordering::SeqCst) == 0 {
+                if frontend.connections.load(Ordering::SeqCst) == 0 {
                     return;
                 }
             }

@@ -1,11 +1,10 @@
-//! Links to the vault (SPEC.md section 5): a small pool of Noise_KK links
-//! to the current leader, multiplexing every client tunnel.
+//! One Noise_KK link to a vault replica (SPEC.md section 5), and the
+//! handles client connections hold for their tunnels on it.
 //!
-//! A manager task finds the leader among the configured replicas (a
-//! follower's `LinkWelcome` says so and names the leader), opens the pool,
-//! and watches it: when a link drops or the vault reports a leader change,
-//! it retires the pool, closes the affected tunnels with a retryable code,
-//! and finds the leader again with jittered backoff.
+//! A link is a TCP connection with a reader task and a writer task around
+//! a [`LinkTunnels`] table, which owns the tunnels' ids and routes and
+//! decides what each vault frame means. Which links exist, and to which
+//! replica, is [`crate::leader`]'s business.
 //!
 //! Direction vault → client never blocks the shared link: frames are handed
 //! to a connection's bounded queue with `try_send`; a connection whose
@@ -13,8 +12,6 @@
 //! deadline). Direction client → vault waits for room in the link's queue
 //! before the connection reads more from its client.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,13 +23,13 @@ use protocol_spec::limits::{MAX_FRAME, MAX_LINK_RECORD};
 use protocol_spec::messages::link::{LinkFrame, LinkHello, LinkWelcome, VaultLinkFrame};
 use protocol_spec::messages::WireMessage;
 use protocol_spec::noise::{Initiator, Transport};
-use service_kit::backoff::Backoff;
-use service_kit::records::{read_record, write_record};
-use service_kit::shutdown::Shutdown;
+use service_kit::records::{read_record, write_record, RecordError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
+
+use crate::link_tunnels::{LinkTunnels, TunnelEvent, VaultFrameOutcome};
 
 /// What a connection receives for its tunnels.
 #[derive(Debug)]
@@ -48,7 +45,30 @@ pub enum ConnEvent {
     },
 }
 
-/// Settings for the links.
+/// Why a link could not be made. Each is the vault's (or the network's)
+/// side, or a key mismatch the operator must fix; all are retried with
+/// backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot connect: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad record: {0}")]
+    Record(#[from] RecordError),
+    #[error(
+        "closed during the handshake (is this chatd's link key in the vault's link.chatd_keys?)"
+    )]
+    ClosedInHandshake,
+    #[error("handshake failed: check vault.link_key")]
+    Handshake,
+    #[error("noise: {0}")]
+    Noise(#[from] protocol_spec::Error),
+    #[error("connect timeout")]
+    Timeout,
+}
+
+/// What links need to connect.
 #[derive(Clone)]
 pub struct LinkSettings {
     pub replicas: Vec<String>,
@@ -68,25 +88,34 @@ impl std::fmt::Debug for LinkSettings {
     }
 }
 
-struct Route {
+/// Where a tunnel's vault frames go.
+pub(crate) struct Route {
     conn: mpsc::Sender<ConnEvent>,
     tunnel: TunnelId,
+}
+
+/// Events that end a link's use, for the leader follower.
+#[derive(Debug)]
+pub(crate) enum LinkEvent {
+    Died,
+    NotLeader { hint: Option<String> },
 }
 
 /// One Noise_KK link to a vault replica.
 pub(crate) struct Link {
     out: mpsc::Sender<(LinkFrame, Instant)>,
-    routes: Mutex<HashMap<LinkTunnelId, Route>>,
-    next_id: AtomicU64,
-    dead: AtomicBool,
+    tunnels: Mutex<LinkTunnels<Route>>,
     tasks: Mutex<Vec<AbortHandle>>,
 }
 
 impl Link {
+    fn is_retired(&self) -> bool {
+        self.tunnels.lock().is_retired()
+    }
+
     /// Closes every tunnel on the link with `code` and stops its tasks.
-    fn retire(&self, code: TunnelCloseCode) {
-        self.dead.store(true, Ordering::SeqCst);
-        let routes: Vec<Route> = self.routes.lock().drain().map(|(_, r)| r).collect();
+    pub(crate) fn retire(&self, code: TunnelCloseCode) {
+        let routes = self.tunnels.lock().retire();
         for r in routes {
             let _ = r.conn.try_send(ConnEvent::Close {
                 tunnel: r.tunnel,
@@ -97,16 +126,42 @@ impl Link {
             t.abort();
         }
     }
+
+    /// Opens a tunnel for `account` carrying the client's handshake. Room in
+    /// the queue is reserved first, then the id is drawn and the `Open`
+    /// queued under the table's lock, so concurrent opens cannot overtake
+    /// each other (SPEC 5.3).
+    pub(crate) async fn open(
+        self: &Arc<Self>,
+        account: &AccountId,
+        client_tunnel: TunnelId,
+        handshake: Vec<u8>,
+        conn: mpsc::Sender<ConnEvent>,
+        received: Instant,
+    ) -> Result<TunnelHandle, TunnelCloseCode> {
+        let Ok(permit) = self.out.reserve().await else {
+            return Err(TunnelCloseCode::VaultUnavailable);
+        };
+        let route = Route {
+            conn,
+            tunnel: client_tunnel,
+        };
+        let id = self
+            .tunnels
+            .lock()
+            .open(route, account, handshake, |frame| {
+                permit.send((frame, received))
+            })
+            .ok_or(TunnelCloseCode::VaultUnavailable)?;
+        Ok(TunnelHandle {
+            link: self.clone(),
+            id,
+            open: true,
+        })
+    }
 }
 
-/// The links to the current leader.
-pub(crate) struct LinkPool {
-    links: Vec<Arc<Link>>,
-    next: AtomicUsize,
-    pub replica: String,
-}
-
-/// A client tunnel as relayed on a link.
+/// A client tunnel as relayed on a link. Dropping it closes the tunnel.
 pub struct TunnelHandle {
     link: Arc<Link>,
     id: LinkTunnelId,
@@ -119,24 +174,26 @@ impl std::fmt::Debug for TunnelHandle {
     }
 }
 
+/// The link under a tunnel is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the vault link is gone")]
+pub struct LinkGone;
+
 impl TunnelHandle {
-    /// Relays client bytes, waiting for room on the link. `Err` if the link
-    /// is gone (the connection answers `vault_unavailable`).
-    pub async fn send(&self, payload: Vec<u8>, received: Instant) -> Result<(), ()> {
-        if self.link.dead.load(Ordering::SeqCst) {
-            return Err(());
+    /// Relays client bytes, waiting for room on the link.
+    pub async fn send(&self, payload: Vec<u8>, received: Instant) -> Result<(), LinkGone> {
+        if self.link.is_retired() {
+            return Err(LinkGone);
         }
+        let frame = LinkFrame::Data {
+            tunnel: self.id,
+            payload,
+        };
         self.link
             .out
-            .send((
-                LinkFrame::Data {
-                    tunnel: self.id,
-                    payload,
-                },
-                received,
-            ))
+            .send((frame, received))
             .await
-            .map_err(|_| ())
+            .map_err(|_| LinkGone)
     }
 
     /// Ends the tunnel on the vault side (which abandons a pending login).
@@ -149,17 +206,10 @@ impl TunnelHandle {
             return;
         }
         self.open = false;
-        let had_route = self.link.routes.lock().remove(&self.id).is_some();
-        if !had_route || self.link.dead.load(Ordering::SeqCst) {
+        let Some(frame) = self.link.tunnels.lock().close(self.id, code) else {
             return; // the vault already closed it, or the link is gone
-        }
-        let frame = (
-            LinkFrame::Close {
-                tunnel: self.id,
-                code,
-            },
-            Instant::now(),
-        );
+        };
+        let frame = (frame, Instant::now());
         if let Err(mpsc::error::TrySendError::Full(frame)) = self.link.out.try_send(frame) {
             // Must reach the vault: a pending login would otherwise wait
             // for its deadline.
@@ -177,211 +227,18 @@ impl Drop for TunnelHandle {
     }
 }
 
-/// Handle for opening tunnels; cheap to clone.
-#[derive(Clone)]
-pub struct VaultLinks {
-    active: watch::Receiver<Option<Arc<LinkPool>>>,
-    open_wait: Duration,
-}
-
-impl std::fmt::Debug for VaultLinks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("VaultLinks")
-    }
-}
-
-impl VaultLinks {
-    /// Starts the manager task.
-    pub fn start(settings: LinkSettings, shutdown: watch::Receiver<Shutdown>) -> Self {
-        let (tx, rx) = watch::channel(None);
-        let open_wait = settings.open_wait;
-        tokio::spawn(manage(settings, tx, shutdown));
-        VaultLinks {
-            active: rx,
-            open_wait,
-        }
-    }
-
-    /// Whether a leader link is up now.
-    pub fn is_up(&self) -> bool {
-        self.active.borrow().is_some()
-    }
-
-    /// Opens a tunnel for `account` carrying the client's handshake. Waits
-    /// up to `open_wait` for a leader link.
-    pub async fn open(
-        &self,
-        account: &AccountId,
-        client_tunnel: TunnelId,
-        handshake: Vec<u8>,
-        conn: mpsc::Sender<ConnEvent>,
-        received: Instant,
-    ) -> Result<TunnelHandle, TunnelCloseCode> {
-        let mut active = self.active.clone();
-        let pool =
-            match tokio::time::timeout(self.open_wait, active.wait_for(Option::is_some)).await {
-                Ok(Ok(p)) => p.clone(),
-                _ => None,
-            };
-        let Some(pool) = pool else {
-            metrics::counter!("chatd_tunnel_opens_total", "result" => "vault_unavailable")
-                .increment(1);
-            return Err(TunnelCloseCode::VaultUnavailable);
-        };
-        let link = pool.links[pool.next.fetch_add(1, Ordering::Relaxed) % pool.links.len()].clone();
-        // The vault requires ids to increase along the link (SPEC 5.3), so
-        // the id is drawn and the frame queued under one lock, after room in
-        // the queue is reserved: concurrent opens can never overtake each
-        // other between the two.
-        let permit = match link.out.reserve().await {
-            Ok(p) if !link.dead.load(Ordering::SeqCst) => p,
-            _ => return Err(TunnelCloseCode::VaultUnavailable),
-        };
-        let id = {
-            let mut routes = link.routes.lock();
-            let id = LinkTunnelId(link.next_id.fetch_add(1, Ordering::Relaxed));
-            routes.insert(
-                id,
-                Route {
-                    conn,
-                    tunnel: client_tunnel,
-                },
-            );
-            permit.send((
-                LinkFrame::Open {
-                    tunnel: id,
-                    account: account.clone(),
-                    handshake,
-                },
-                received,
-            ));
-            id
-        };
-        metrics::counter!("chatd_tunnel_opens_total", "result" => "relayed").increment(1);
-        Ok(TunnelHandle {
-            link,
-            id,
-            open: true,
-        })
-    }
-}
-
-enum LinkEvent {
-    Died,
-    NotLeader { hint: Option<String> },
-}
-
-async fn manage(
-    s: LinkSettings,
-    active: watch::Sender<Option<Arc<LinkPool>>>,
-    mut shutdown: watch::Receiver<Shutdown>,
-) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let mut hint: Option<String> = None;
-    metrics::gauge!("chatd_vault_link_up").set(0.0);
-    loop {
-        if *shutdown.borrow() == Shutdown::Fast {
-            return;
-        }
-        let (events_tx, mut events_rx) = mpsc::unbounded_channel::<LinkEvent>();
-        let pool = tokio::select! {
-            p = find_leader(&s, hint.take(), &events_tx) => p,
-            _ = shutdown.wait_for(|l| *l == Shutdown::Fast) => return,
-        };
-        let Some(pool) = pool else {
-            metrics::counter!("chatd_vault_link_failures_total").increment(1);
-            let delay = service_kit::backoff::next_delay(&mut backoff);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => continue,
-                _ = shutdown.wait_for(|l| *l == Shutdown::Fast) => return,
-            }
-        };
-        backoff.reset();
-        let pool = Arc::new(pool);
-        tracing::info!(replica = %pool.replica, links = pool.links.len(), "vault leader links up");
-        metrics::gauge!("chatd_vault_link_up").set(1.0);
-        let _ = active.send(Some(pool.clone()));
-        let (code, next_hint) = tokio::select! {
-            ev = events_rx.recv() => match ev {
-                Some(LinkEvent::NotLeader { hint }) => (TunnelCloseCode::LeaderChanged, hint),
-                _ => (TunnelCloseCode::VaultUnavailable, None),
-            },
-            _ = shutdown.wait_for(|l| *l == Shutdown::Fast) => (TunnelCloseCode::Draining, None),
-        };
-        let _ = active.send(None);
-        metrics::gauge!("chatd_vault_link_up").set(0.0);
-        tracing::warn!(replica = %pool.replica, reason = code.label(), "vault links retired");
-        for l in &pool.links {
-            l.retire(code);
-        }
-        hint = next_hint;
-        if code == TunnelCloseCode::Draining {
-            return;
-        }
-    }
-}
-
-/// Tries the hinted replica, then every configured one; returns a pool to
-/// the first that says it is the leader.
-async fn find_leader(
-    s: &LinkSettings,
-    hint: Option<String>,
-    events: &mpsc::UnboundedSender<LinkEvent>,
-) -> Option<LinkPool> {
-    let mut candidates: Vec<String> = hint.into_iter().collect();
-    for r in &s.replicas {
-        if !candidates.contains(r) {
-            candidates.push(r.clone());
-        }
-    }
-    let mut i = 0;
-    while i < candidates.len() {
-        let addr = candidates[i].clone();
-        i += 1;
-        match connect_link(s, &addr, events.clone()).await {
-            Ok((link, welcome)) if welcome.leader => {
-                let mut links = vec![link];
-                while links.len() < s.links {
-                    match connect_link(s, &addr, events.clone()).await {
-                        Ok((l, w)) if w.leader => links.push(l),
-                        Ok((l, _)) => {
-                            l.retire(TunnelCloseCode::LeaderChanged);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                return Some(LinkPool {
-                    links,
-                    next: AtomicUsize::new(0),
-                    replica: addr,
-                });
-            }
-            Ok((link, welcome)) => {
-                link.retire(TunnelCloseCode::NotLeader);
-                tracing::info!(replica = %addr, hint = ?welcome.leader_hint, "replica is not the leader");
-                if let Some(h) = welcome.leader_hint {
-                    if !candidates[i..].contains(&h) {
-                        candidates.insert(i, h);
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(replica = %addr, error = %e, "vault link failed"),
-        }
-    }
-    None
-}
-
 type SharedTransport = Arc<Mutex<Transport>>;
 
-async fn connect_link(
+/// Connects and handshakes one link to `addr`; the welcome says whether
+/// that replica is the leader.
+pub(crate) async fn connect_link(
     s: &LinkSettings,
     addr: &str,
     events: mpsc::UnboundedSender<LinkEvent>,
-) -> Result<(Arc<Link>, LinkWelcome), String> {
+) -> Result<(Arc<Link>, LinkWelcome), LinkError> {
     let connect = async {
-        let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut stream = TcpStream::connect(addr).await.map_err(LinkError::Connect)?;
+        stream.set_nodelay(true)?;
         let keepalive = socket2::TcpKeepalive::new()
             .with_time(Duration::from_secs(10))
             .with_interval(Duration::from_secs(5));
@@ -389,34 +246,28 @@ async fn connect_link(
         let hello = LinkHello {
             chatd_instance: s.instance.clone(),
         };
-        let (m1, waiting) = Initiator::link(&s.chatd_key, &s.vault_key)
-            .and_then(|i| i.write_first(&hello.encode()))
-            .map_err(|e| e.to_string())?;
-        write_record(&mut stream, &m1)
-            .await
-            .map_err(|e| e.to_string())?;
-        stream.flush().await.map_err(|e| e.to_string())?;
+        let (m1, waiting) =
+            Initiator::link(&s.chatd_key, &s.vault_key)?.write_first(&hello.encode())?;
+        write_record(&mut stream, &m1).await?;
+        stream.flush().await?;
         let m2 = read_record(&mut stream, MAX_LINK_RECORD, s.connect_timeout)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("closed during the handshake (is this chatd's link key in the vault's link.chatd_keys?)")?;
+            .await?
+            .ok_or(LinkError::ClosedInHandshake)?;
         let (payload, transport) = waiting
             .read_response(&m2)
-            .map_err(|_| "handshake failed: check vault.link_key".to_string())?;
-        let welcome = LinkWelcome::decode(&payload).map_err(|e| e.to_string())?;
-        Ok::<_, String>((stream, transport, welcome))
+            .map_err(|_| LinkError::Handshake)?;
+        let welcome = LinkWelcome::decode(&payload)?;
+        Ok::<_, LinkError>((stream, transport, welcome))
     };
     let (stream, transport, welcome) = tokio::time::timeout(s.connect_timeout, connect)
         .await
-        .map_err(|_| "connect timeout".to_string())??;
+        .map_err(|_| LinkError::Timeout)??;
     let transport: SharedTransport = Arc::new(Mutex::new(transport));
     let (read_half, write_half) = stream.into_split();
     let (out_tx, out_rx) = mpsc::channel(1024);
     let link = Arc::new(Link {
         out: out_tx,
-        routes: Mutex::new(HashMap::new()),
-        next_id: AtomicU64::new(1),
-        dead: AtomicBool::new(false),
+        tunnels: Mutex::new(LinkTunnels::new()),
         tasks: Mutex::new(Vec::new()),
     });
     let writer = tokio::spawn(write_frames(write_half, transport.clone(), out_rx));
@@ -483,52 +334,82 @@ async fn read_frames(
                 break;
             }
         };
-        match frame {
-            VaultLinkFrame::Data { tunnel, payload } => {
-                metrics::counter!("chatd_relay_bytes_total", "direction" => "to_client")
-                    .increment(payload.len() as u64);
-                let routes = link.routes.lock();
-                let Some(route) = routes.get(&tunnel) else {
-                    continue; // the tunnel closed meanwhile
-                };
-                let ev = ConnEvent::Data {
+        if let VaultLinkFrame::Data { payload, .. } = &frame {
+            metrics::counter!("chatd_relay_bytes_total", "direction" => "to_client")
+                .increment(payload.len() as u64);
+        }
+        let outcome = link.tunnels.lock().on_vault_frame(frame, |route, event| {
+            let ev = match event {
+                TunnelEvent::Data(payload) => ConnEvent::Data {
                     tunnel: route.tunnel,
                     payload,
                     received,
-                };
-                if route.conn.try_send(ev).is_err() {
-                    // The connection is not reading: drop this tunnel rather
-                    // than stall the link for everyone.
-                    metrics::counter!("chatd_queue_drops_total").increment(1);
-                    drop(routes);
-                    link.routes.lock().remove(&tunnel);
-                    let _ = link.out.try_send((
-                        LinkFrame::Close {
-                            tunnel,
-                            code: TunnelCloseCode::InternalError,
-                        },
-                        received,
-                    ));
-                }
+                },
+                TunnelEvent::Closed(code) => ConnEvent::Close {
+                    tunnel: route.tunnel,
+                    code,
+                },
+            };
+            route.conn.try_send(ev).is_ok()
+        });
+        match outcome {
+            VaultFrameOutcome::Done => {}
+            VaultFrameOutcome::Send(frame) => {
+                let _ = link.out.try_send((frame, received));
             }
-            VaultLinkFrame::Close { tunnel, code } => {
-                if let Some(route) = link.routes.lock().remove(&tunnel) {
-                    let _ = route.conn.try_send(ConnEvent::Close {
-                        tunnel: route.tunnel,
-                        code,
-                    });
-                }
-            }
-            VaultLinkFrame::Status {
-                leader,
-                leader_hint,
-            } => {
-                if !leader {
-                    let _ = events.send(LinkEvent::NotLeader { hint: leader_hint });
-                }
+            VaultFrameOutcome::NotLeader { hint } => {
+                let _ = events.send(LinkEvent::NotLeader { hint });
             }
         }
     }
     link.retire(TunnelCloseCode::VaultUnavailable);
     let _ = events.send(LinkEvent::Died);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The race loadgen found, without sockets: many connections open
+    /// tunnels on one link at once, from several threads. The `Open` frames
+    /// must leave in increasing id order (the vault drops a link that
+    /// breaks it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_opens_leave_the_link_in_id_order() {
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        let link = Arc::new(Link {
+            out: out_tx,
+            tunnels: Mutex::new(LinkTunnels::new()),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let account = AccountId::new("alice").unwrap();
+        let mut opens = tokio::task::JoinSet::new();
+        for i in 0..200u32 {
+            let (link, account) = (link.clone(), account.clone());
+            opens.spawn(async move {
+                let (conn, _events) = mpsc::channel(4);
+                let h = link
+                    .open(&account, TunnelId(i + 1), vec![1], conn, Instant::now())
+                    .await
+                    .unwrap();
+                std::mem::forget(h); // keep the tunnel open
+            });
+        }
+        let reader = tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while ids.len() < 200 {
+                match out_rx.recv().await {
+                    Some((LinkFrame::Open { tunnel, .. }, _)) => ids.push(tunnel.0),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            ids
+        });
+        while opens.join_next().await.is_some() {}
+        let ids = reader.await.unwrap();
+        assert_eq!(ids, (1..=200).collect::<Vec<u64>>());
+    }
 }
