@@ -1,7 +1,7 @@
 //! `backupctl`: end-to-end encrypted chat backups from the command line.
 //!
 //! A thin binary: argument parsing and help text, then the library's
-//! profile, terminal, ops, backup and outcome modules do the work. Results
+//! profile, terminal, device, backup and exit modules do the work. Results
 //! go to standard output (standard error when standard output carries
 //! backup or restored data); every failure is one sentence on standard
 //! error and a documented exit code.
@@ -15,8 +15,8 @@ use std::time::Duration;
 use backup_client::backup::{
     backup_to, restore_from, BackupIoError, BackupOptions, Location, RestoreOptions, RestoreOutput,
 };
-use backup_client::ops::{self, Device, Enrolment};
-use backup_client::outcome::{exit_for, explain};
+use backup_client::device::{self, Device, Enrolment};
+use backup_client::exit::{exit_for, explain};
 use backup_client::profile::{Profile, PROFILE_ENV};
 use backup_client::terminal::{self, TransferProgress};
 use backup_client::ClientError;
@@ -416,7 +416,7 @@ fn enroll(profile: Profile, a: EnrollArgs) -> Result<(), ClientError> {
 fn key_to_protect(profile: &Profile) -> Result<(RootKey, bool), ClientError> {
     match profile.cached_backup_key()? {
         Some(k) => Ok((k, false)),
-        None => Ok((ops::new_root_key()?, true)),
+        None => Ok((device::new_root_key()?, true)),
     }
 }
 
