@@ -11,6 +11,12 @@
 //! - [`device`]: one enrolled device's vault operations over chatd
 //!   (enrol, status, register, recover `K`, change password, delete) and
 //!   the crate's one retry helper.
+//! - [`custody`]: this device's copy of the backup key `K` around those
+//!   operations: which key to escrow, when to cache it, when to forget it.
+//!   Each operation returns what it did and prints nothing.
+//! - [`restore`]: a restore as typed steps: refuse early what would fail
+//!   before a password attempt is spent, get the key, decrypt, keep the
+//!   vault's key on a device that has none.
 //! - [`backup`]: the streaming encrypted backup engine and where backups
 //!   live (paths, standard input/output, object stores).
 //! - [`profile`]: the `backupctl` profile and the device's two key files
@@ -23,10 +29,12 @@
 
 pub mod backup;
 pub mod connection;
+pub mod custody;
 pub mod device;
 pub mod error;
 pub mod exit;
 pub mod profile;
+pub mod restore;
 pub mod terminal;
 pub mod vault_flow;
 

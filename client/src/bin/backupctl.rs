@@ -15,7 +15,8 @@ use std::time::Duration;
 use backup_client::backup::{
     backup_to, restore_from, BackupIoError, BackupOptions, Location, RestoreOptions, RestoreOutput,
 };
-use backup_client::device::{self, Device, Enrolment};
+use backup_client::custody;
+use backup_client::device::{Device, Enrolment};
 use backup_client::exit::{exit_for, explain};
 use backup_client::profile::{Profile, PROFILE_ENV};
 use backup_client::terminal::{self, TransferProgress};
@@ -416,7 +417,7 @@ fn enroll(profile: Profile, a: EnrollArgs) -> Result<(), ClientError> {
 fn key_to_protect(profile: &Profile) -> Result<(RootKey, bool), ClientError> {
     match profile.cached_backup_key()? {
         Some(k) => Ok((k, false)),
-        None => Ok((device::new_root_key()?, true)),
+        None => Ok((custody::new_root_key()?, true)),
     }
 }
 
