@@ -1,7 +1,8 @@
 //! `backupctl`: end-to-end encrypted chat backups from the command line.
 //!
 //! A thin binary: argument parsing and help text, then the library's
-//! profile, terminal, device, backup and exit modules do the work. Results
+//! custody, restore, device, profile and terminal modules do the work and
+//! this file words what they report for a person. Results
 //! go to standard output (standard error when standard output carries
 //! backup or restored data); every failure is one sentence on standard
 //! error and a documented exit code.
@@ -10,15 +11,13 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use backup_client::backup::{
-    backup_to, restore_from, BackupIoError, BackupOptions, Location, RestoreOptions, RestoreOutput,
-};
-use backup_client::custody;
+use backup_client::backup::{backup_to, BackupIoError, BackupOptions, Location, RestoreOutput};
+use backup_client::custody::{self, CachedKey, EscrowCheck, ForgottenKey, KeyOrigin, VaultKeyKept};
 use backup_client::device::{Device, Enrolment};
 use backup_client::exit::{exit_for, explain};
 use backup_client::profile::{Profile, PROFILE_ENV};
+use backup_client::restore::RestorePlan;
 use backup_client::terminal::{self, TransferProgress};
 use backup_client::ClientError;
 use clap::{ArgGroup, Args, Parser, Subcommand};
@@ -412,15 +411,6 @@ fn enroll(profile: Profile, a: EnrollArgs) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// The key to protect: this device's cached key if it has one (so existing
-/// backups stay restorable), else a new one. Returns whether it is new.
-fn key_to_protect(profile: &Profile) -> Result<(RootKey, bool), ClientError> {
-    match profile.cached_backup_key()? {
-        Some(k) => Ok((k, false)),
-        None => Ok((custody::new_root_key()?, true)),
-    }
-}
-
 fn enable_password(profile: Profile, a: EnableArgs) -> Result<(), ClientError> {
     // Device key first: no point asking for a password on a device that
     // cannot reach the vault.
@@ -437,49 +427,29 @@ fn enable_password(profile: Profile, a: EnableArgs) -> Result<(), ClientError> {
     } else {
         RegistrationMode::Create
     };
+    let enabled = block_on(custody::enable_password(&device, password.as_bytes(), mode))?;
     let profile = device.profile();
-    let (key, new) = key_to_protect(profile)?;
-    // Cache a new key before escrowing it, so the vault never holds a key
-    // this device failed to keep; undo the cache if the vault refused.
-    if new {
-        profile.cache_backup_key(&key)?;
-    }
-    let max = match block_on(device.register(password.as_bytes(), mode, &key)) {
-        Ok(max) => max,
-        // The vault may hold this key: keep the cache, so a retry or
-        // --replace escrows the same key.
-        Err(e @ ClientError::RegistrationUnknown) => return Err(e),
-        Err(e) => {
-            if new {
-                let _ = profile.forget_backup_key();
-            }
-            return Err(e);
-        }
-    };
     println!(
-        "password backups enabled for account {}: the backup key is escrowed in the vault under your password ({max} wrong passwords in a row erase it for good)",
-        profile.account()
+        "password backups enabled for account {}: the backup key is escrowed in the vault under your password ({} wrong passwords in a row erase it for good)",
+        profile.account(),
+        enabled.max_attempts
     );
-    if new {
-        println!(
+    match enabled.key {
+        KeyOrigin::New => println!(
             "this device keeps a copy of the new backup key in {} (mode 0600) so `backupctl backup` runs without asking",
             profile.backup_key_file.display()
-        );
-    } else {
-        println!(
+        ),
+        KeyOrigin::Existing => println!(
             "the escrowed key is this device's existing backup key ({}), so backups made with it can now be restored with the password",
             profile.backup_key_file.display()
-        );
+        ),
     }
     Ok(())
 }
 
 fn enable_manual(profile: Profile) -> Result<(), ClientError> {
-    let (key, new) = key_to_protect(&profile)?;
-    if new {
-        profile.cache_backup_key(&key)?;
-    }
-    let lines = key.to_lines();
+    let manual = custody::enable_manual(&profile)?;
+    let lines = manual.key.to_lines();
     let mut shown = Zeroizing::new(String::new());
     for line in lines.lines() {
         shown.push_str("    ");
@@ -488,7 +458,10 @@ fn enable_manual(profile: Profile) -> Result<(), ClientError> {
     }
     println!(
         "{} 64-digit backup key:\n\n{}",
-        if new { "Your new" } else { "This device's" },
+        match manual.origin {
+            KeyOrigin::New => "Your new",
+            KeyOrigin::Existing => "This device's",
+        },
         shown.as_str()
     );
     println!(
@@ -496,23 +469,13 @@ fn enable_manual(profile: Profile) -> Result<(), ClientError> {
 This device keeps a copy in {} (mode 0600) so `backupctl backup` runs without asking.",
         profile.backup_key_file.display()
     );
-    // Best effort: tell the person about a password escrow they may want
-    // gone. One quick try; this command does not need the network.
-    if !profile.has_device_key() {
-        return Ok(());
-    }
-    let device = device(profile)?;
-    let check = block_on(async {
-        tokio::time::timeout(Duration::from_secs(5), device.status_once())
-            .await
-            .map_err(|_| ClientError::Dropped)?
-    });
-    match check {
-        Ok(s) if s.state == RecordState::Registered => eprintln!(
+    // Tell the person about a password escrow they may want gone.
+    match block_on(custody::check_password_escrow(&profile))? {
+        EscrowCheck::Checked(RecordState::Registered) => eprintln!(
             "note: the vault also holds a password-protected backup key for this account; `backupctl disable` removes it if you want the 64-digit key to be the only way"
         ),
-        Ok(_) => {}
-        Err(e) => eprintln!(
+        EscrowCheck::NotEnrolled | EscrowCheck::Checked(_) => {}
+        EscrowCheck::Unknown(e) => eprintln!(
             "note: could not check whether the vault holds a password escrow for this account ({}); `backupctl status` shows it",
             explain(&e)
         ),
@@ -645,50 +608,13 @@ fn report(stdout_busy: bool, line: &str) {
     }
 }
 
-/// Refuses early (before a password attempt is spent) what the restore
-/// would refuse anyway: a missing local source, an existing output.
-fn precheck_restore(
-    src: &Location,
-    out: &RestoreOutput,
-    overwrite: bool,
-) -> Result<(), ClientError> {
-    if let Location::Path(p) = src {
-        std::fs::metadata(p).map_err(|e| {
-            ClientError::Backup(BackupIoError::Io {
-                action: "open",
-                location: p.display().to_string(),
-                source: e,
-            })
-        })?;
-    }
-    if let RestoreOutput::Path(p) = out {
-        match std::fs::metadata(p) {
-            Ok(m) if m.is_dir() => {
-                return Err(BackupIoError::IsDirectory { path: p.clone() }.into())
-            }
-            Ok(_) if !overwrite => {
-                return Err(BackupIoError::OutputExists {
-                    location: p.display().to_string(),
-                }
-                .into())
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Warns when the vault's key is not the one this device backs up with.
-fn warn_if_cached_differs(profile: &Profile, key: &RootKey) {
-    if let Ok(Some(cached)) = profile.cached_backup_key() {
-        if cached != *key {
-            eprintln!(
-                "warning: this device's backup key ({}) is not the key escrowed in the vault, so backups made on this device cannot be restored with the password; \
+/// The warning for a device whose cached key is not the vault's.
+fn warn_cached_differs(profile: &Profile) {
+    eprintln!(
+        "warning: this device's backup key ({}) is not the key escrowed in the vault, so backups made on this device cannot be restored with the password; \
 to switch this device to the vault's key, move that file away (keep it while its backups matter) and run `backupctl restore --password` again",
-                profile.backup_key_file.display()
-            );
-        }
-    }
+        profile.backup_key_file.display()
+    );
 }
 
 fn restore(profile: Profile, a: RestoreArgs) -> Result<(), ClientError> {
@@ -703,82 +629,60 @@ fn restore(profile: Profile, a: RestoreArgs) -> Result<(), ClientError> {
             "the backup and the secret cannot both come from standard input; give the backup as a path or URL, or type the secret (--password or --key)".into(),
         ));
     }
-    precheck_restore(&src, &out, a.overwrite)?;
+    let plan = RestorePlan::check(src, out, a.overwrite)?;
+    let shown = match plan.output() {
+        RestoreOutput::Stdout => "standard output".to_owned(),
+        RestoreOutput::Path(p) => p.display().to_string(),
+    };
+    let stdout_busy = *plan.output() == RestoreOutput::Stdout;
 
-    let (key, from_vault, profile) = if a.cached_key {
-        (profile.require_backup_key()?, false, profile)
+    let keyed = if a.cached_key {
+        plan.with_cached_key(&profile)?
     } else if a.key || a.key_stdin {
         let text = if a.key_stdin {
             terminal::stdin_all("64-digit key")?
         } else {
             terminal::prompt_secret("64-digit backup key (one line): ", "--key-stdin")?
         };
-        (RootKey::parse_text(&text)?, false, profile)
+        plan.with_key(RootKey::parse_text(&text)?)
     } else {
-        let device = device(profile)?;
+        let device = device(profile.clone())?;
         let password = if a.password_stdin {
             one_stdin_line("password")?
         } else {
             terminal::prompt_secret("Backup password: ", "--password-stdin")?
         };
         terminal::check_password(&password)?;
-        let key = block_on(device.recover_key(password.as_bytes()))?;
-        drop(password);
-        let profile = device.profile().clone();
-        (key, true, profile)
+        block_on(plan.with_password(&device, password.as_bytes()))?
     };
 
     let progress = TransferProgress::new("restoring");
-    let opts = RestoreOptions {
-        threads: 0,
-        overwrite: a.overwrite,
-    };
-    let stats =
-        restore_from(&src, &out, &key, &opts, &progress).inspect_err(|_| progress.abandon())?;
-    let shown = match &out {
-        RestoreOutput::Stdout => "standard output".to_owned(),
-        RestoreOutput::Path(p) => p.display().to_string(),
-    };
-    let stdout_busy = out == RestoreOutput::Stdout;
+    let restored = keyed.run(&progress).inspect_err(|_| progress.abandon())?;
     report(
         stdout_busy,
         &format!(
             "restored {} bytes to {shown} ({} verified)",
-            stats.plaintext_bytes,
-            chunks(stats.chunks)
+            restored.stats.plaintext_bytes,
+            chunks(restored.stats.chunks)
         ),
     );
-    if from_vault {
-        cache_if_none(&profile, &key, stdout_busy);
+    // After a password restore; the restore already succeeded, so problems
+    // here are warnings.
+    match restored.vault_key {
+        None | Some(VaultKeyKept::AlreadyCached) => {}
+        Some(VaultKeyKept::CachedNow) => report(
+            stdout_busy,
+            &format!(
+                "cached the backup key in {} (mode 0600) so `backupctl backup` runs on this device without asking",
+                profile.backup_key_file.display()
+            ),
+        ),
+        Some(VaultKeyKept::KeptDifferent) => warn_cached_differs(&profile),
+        Some(VaultKeyKept::NotCached(e)) => {
+            eprintln!("warning: did not cache the backup key: {}", explain(&e))
+        }
     }
     Ok(())
-}
-
-/// After a password restore: keeps the vault's key on this device if it
-/// has none. The restore already succeeded, so problems here are warnings.
-fn cache_if_none(profile: &Profile, key: &RootKey, stdout_busy: bool) {
-    let cached = match profile.cached_backup_key() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("warning: did not cache the backup key: {}", explain(&e));
-            return;
-        }
-    };
-    if cached.is_some() {
-        warn_if_cached_differs(profile, key);
-        return;
-    }
-    if let Err(e) = profile.cache_backup_key(key) {
-        eprintln!("warning: did not cache the backup key: {}", explain(&e));
-        return;
-    }
-    report(
-        stdout_busy,
-        &format!(
-            "cached the backup key in {} (mode 0600) so `backupctl backup` runs on this device without asking",
-            profile.backup_key_file.display()
-        ),
-    );
 }
 
 fn change_password(profile: Profile, a: ChangePasswordArgs) -> Result<(), ClientError> {
@@ -805,11 +709,18 @@ fn change_password(profile: Profile, a: ChangePasswordArgs) -> Result<(), Client
             "the new password is the same as the old one; choose a different one".into(),
         ));
     }
-    let (key, max) = block_on(device.change_password(old.as_bytes(), new.as_bytes()))?;
+    let changed = block_on(custody::change_password(
+        &device,
+        old.as_bytes(),
+        new.as_bytes(),
+    ))?;
     println!(
-        "password changed: the same backup key is now protected by the new password ({max} wrong passwords in a row erase it); existing backups are unaffected"
+        "password changed: the same backup key is now protected by the new password ({} wrong passwords in a row erase it); existing backups are unaffected",
+        changed.max_attempts
     );
-    warn_if_cached_differs(device.profile(), &key);
+    if matches!(changed.cached_key, CachedKey::Different) {
+        warn_cached_differs(device.profile());
+    }
     Ok(())
 }
 
@@ -838,28 +749,19 @@ Backups made with it can then be restored only with its 64-digit key, if you wro
         terminal::prompt_secret("Backup password: ", "--password-stdin")?
     };
     terminal::check_password(&password)?;
-    let key = block_on(device.delete(password.as_bytes()))?;
+    let disabled = block_on(custody::disable(&device, password.as_bytes()))?;
     println!(
         "password backups disabled: the vault no longer holds a backup key for account {}",
         profile.account()
     );
-    forget_cached_key(profile, &key)
-}
-
-/// Deletes this device's copy of `key`. A different cached key is kept: it
-/// may be the only copy of a 64-digit key.
-fn forget_cached_key(profile: &Profile, key: &RootKey) -> Result<(), ClientError> {
     let file = profile.backup_key_file.display();
-    match profile.cached_backup_key() {
-        Ok(Some(cached)) if cached == *key => {
-            profile.forget_backup_key()?;
-            println!("deleted this device's copy of the backup key ({file})");
-        }
-        Ok(Some(_)) => eprintln!(
+    match disabled.cached_key? {
+        ForgottenKey::Deleted => println!("deleted this device's copy of the backup key ({file})"),
+        ForgottenKey::KeptDifferent => eprintln!(
             "note: kept {file}: it holds a different backup key than the one the vault had, and may be the only copy of it"
         ),
-        Ok(None) => {}
-        Err(e) => eprintln!("note: left {file} alone: {}", explain(&e)),
+        ForgottenKey::NoneCached => {}
+        ForgottenKey::LeftAlone(e) => eprintln!("note: left {file} alone: {}", explain(&e)),
     }
     Ok(())
 }
