@@ -1,16 +1,40 @@
 //! # backup-client
 //!
-//! The reference client for E2EBK backups: connecting to chatd, vault
-//! tunnels and the OPAQUE flows, the streaming encrypted backup engine, and
-//! the library half of the `backupctl` command-line tool (profile and key
-//! files, high-level vault operations, terminal interaction, exit codes).
+//! The reference client for E2EBK backups and the library half of the
+//! `backupctl` command-line tool. The binary parses arguments, asks for
+//! secrets and prints; everything else lives here:
+//!
+//! - [`connection`]: the chatd WebSocket connection, its Noise session, and
+//!   vault tunnels inside it.
+//! - [`vault_flow`]: the sans-IO OPAQUE flows (status, registration, login,
+//!   delete) that turn vault responses into the next request.
+//! - [`device`]: one enrolled device's vault operations over chatd
+//!   (enrol, status, register, recover `K`, change password, delete) and
+//!   the crate's one retry helper.
+//! - [`custody`]: this device's copy of the backup key `K` around those
+//!   operations: which key to escrow, when to cache it, when to forget it.
+//!   Each operation returns what it did and prints nothing.
+//! - [`restore`]: a restore as typed steps: refuse early what would fail
+//!   before a password attempt is spent, get the key, decrypt, keep the
+//!   vault's key on a device that has none.
+//! - [`backup`]: the streaming encrypted backup engine and where backups
+//!   live (paths, standard input/output, object stores).
+//! - [`profile`]: the `backupctl` profile and the device's two key files
+//!   (device key, cached backup key).
+//! - [`terminal`]: secrets, confirmations and progress bars at the
+//!   keyboard.
+//! - [`exit`]: `backupctl`'s exit codes and the one-sentence explanation
+//!   of every error.
+//! - [`error`]: [`ClientError`], the crate's one error type.
 
 pub mod backup;
 pub mod connection;
+pub mod custody;
+pub mod device;
 pub mod error;
-pub mod ops;
-pub mod outcome;
+pub mod exit;
 pub mod profile;
+pub mod restore;
 pub mod terminal;
 pub mod vault_flow;
 

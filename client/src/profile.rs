@@ -190,6 +190,25 @@ impl Profile {
     }
 }
 
+/// A profile in `dir`, for unit tests that need real key files next to it
+/// but no network: nothing listens at its chatd URL.
+#[cfg(test)]
+impl Profile {
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn for_tests(dir: &Path) -> Profile {
+        let path = dir.join("profile.toml");
+        fs::write(
+            &path,
+            format!(
+                "chatd_url = \"ws://127.0.0.1:1\"\nchatd_key = \"{k}\"\nfleet_id = \"f\"\nfleet_key = \"{k}\"\naccount = \"alice\"\ndevice_key_file = \"device.key\"\n",
+                k = "11".repeat(32)
+            ),
+        )
+        .unwrap();
+        Profile::load(&path).unwrap()
+    }
+}
+
 /// Fills `buf` from the operating system's random number generator.
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), ClientError> {
     getrandom::fill(buf)

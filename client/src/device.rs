@@ -15,7 +15,9 @@
 //!   be gone.
 //!
 //! Everything here is IO glue around the sans-IO flows of
-//! [`crate::vault_flow`]; backup files are [`crate::backup`]'s business.
+//! [`crate::vault_flow`]. What the device does with its own copy of `K`
+//! around these operations is [`crate::custody`]'s business; backup files
+//! are [`crate::backup`]'s.
 
 use std::time::{Duration, Instant};
 
@@ -23,12 +25,11 @@ use protocol_spec::ids::EnrolmentCode;
 use protocol_spec::keys::StaticSecret;
 use protocol_spec::messages::vault::{RegistrationMode, StatusReport, VaultRequest};
 use protocol_spec::retry::Backoff;
-use protocol_spec::root_key::{RootKey, ROOT_KEY_ENTROPY_LEN};
-use zeroize::Zeroizing;
+use protocol_spec::root_key::RootKey;
 
 use crate::connection::{Connection, VaultTunnel};
 use crate::error::ClientError;
-use crate::profile::{fill_random, Profile};
+use crate::profile::Profile;
 use crate::vault_flow::{self, FlowError, PasswordLogin, PasswordRegistration};
 
 /// Most tries of one retryable step (SPEC.md 9.4, interactive operations).
@@ -38,13 +39,6 @@ pub const MAX_TRIES: u32 = 5;
 /// [`crate::connection::REQUEST_TIMEOUT`] on a server that accepts but
 /// never answers.
 pub const RETRY_WINDOW: Duration = Duration::from_secs(60);
-
-/// A fresh root key `K` from the operating system's random generator.
-pub fn new_root_key() -> Result<RootKey, ClientError> {
-    let mut entropy = Zeroizing::new([0u8; ROOT_KEY_ENTROPY_LEN]);
-    fill_random(entropy.as_mut_slice())?;
-    Ok(RootKey::from_entropy(*entropy))
-}
 
 /// The one retry helper: exponential backoff with full jitter, giving up
 /// after [`MAX_TRIES`] tries or at the first error that retrying cannot
@@ -235,7 +229,9 @@ impl Device {
     }
 
     /// One login in an open tunnel. Transport failures after `LoginStart`
-    /// was sent become [`ClientError::LoginInterrupted`].
+    /// was sent become [`ClientError::LoginInterrupted`]. Every `LoginStart`
+    /// this crate sends goes out here, so rules about spending an attempt
+    /// belong here too.
     async fn login(
         &self,
         conn: &mut Connection,
