@@ -13,6 +13,7 @@ use protocol_spec::messages::chatd::{ClientFrame, ClientHello, ServerFrame, Serv
 use protocol_spec::messages::vault::{TunnelHello, VaultHello, VaultRequest, VaultResponse};
 use protocol_spec::messages::WireMessage;
 use protocol_spec::noise::{Initiator, Transport};
+use protocol_spec::tunnel_ids::TunnelIdSequence;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -41,7 +42,7 @@ pub struct Connection {
     transport: Transport,
     pub hello: ServerHello,
     account: AccountId,
-    next_tunnel: u32,
+    tunnel_ids: TunnelIdSequence<TunnelId>,
     pending: HashMap<TunnelId, VecDeque<ServerFrame>>,
 }
 
@@ -132,7 +133,7 @@ impl Connection {
             transport,
             hello,
             account: ep.account.clone(),
-            next_tunnel: 1,
+            tunnel_ids: TunnelIdSequence::new(),
             pending: HashMap::new(),
         })
     }
@@ -176,8 +177,11 @@ impl Connection {
         fleet_key: &PublicKey,
         fleet_id: &FleetId,
     ) -> Result<VaultTunnel, ClientError> {
-        let id = TunnelId(self.next_tunnel);
-        self.next_tunnel += 1;
+        // Ids only increase on a connection (SPEC 4.5); four billion
+        // tunnels on one connection would need a new connection.
+        let id = self.tunnel_ids.next_id().ok_or_else(|| {
+            ClientError::Protocol("this connection has used every tunnel id; reconnect".into())
+        })?;
         let (m1, waiting) =
             Initiator::tunnel(fleet_key, &self.account)?.write_first(&TunnelHello.encode())?;
         self.send_frame(&ClientFrame::TunnelOpen {

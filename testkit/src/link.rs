@@ -14,6 +14,7 @@ use protocol_spec::messages::link::{LinkFrame, LinkHello, LinkWelcome, VaultLink
 use protocol_spec::messages::vault::{TunnelHello, VaultHello, VaultRequest, VaultResponse};
 use protocol_spec::messages::WireMessage;
 use protocol_spec::noise::{Initiator, Transport};
+use protocol_spec::tunnel_ids::TunnelIdSequence;
 
 /// What can end a tunnel request in a test.
 #[derive(Debug)]
@@ -54,7 +55,7 @@ pub struct LinkClient {
     stream: TcpStream,
     transport: Transport,
     pub welcome: LinkWelcome,
-    next_id: u64,
+    ids: TunnelIdSequence<LinkTunnelId>,
     pending: HashMap<LinkTunnelId, VecDeque<VaultLinkFrame>>,
     pub statuses: Vec<VaultLinkFrame>,
 }
@@ -100,7 +101,7 @@ impl LinkClient {
             stream,
             transport,
             welcome,
-            next_id: 1,
+            ids: TunnelIdSequence::new(),
             pending: HashMap::new(),
             statuses: Vec::new(),
         })
@@ -152,9 +153,7 @@ impl LinkClient {
 
     /// Allocates the next tunnel id.
     pub fn next_tunnel_id(&mut self) -> LinkTunnelId {
-        let id = LinkTunnelId(self.next_id);
-        self.next_id += 1;
-        id
+        self.ids.next_id().expect("a test never opens 2^64 tunnels")
     }
 
     /// Opens a tunnel for `account` to the fleet key, as a client would.
