@@ -44,6 +44,7 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
 pub mod chatd;
 pub mod cluster;
 pub mod faults;
+pub mod golden;
 pub mod help;
 pub mod link;
 pub mod tap;
