@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
+
 use crate::Error;
 
 const REQUEST_HEADER: &str = "E2EBK-KEY-IMPORT-REQUEST v1";
@@ -36,11 +38,11 @@ impl ImportRequest {
     /// First 16 bytes of SHA-256(modulus || exponent) as eight groups of
     /// four hex digits, e.g. `1a2b:3c4d:…`.
     pub fn fingerprint(&self) -> String {
-        let mut input = Vec::with_capacity(self.modulus.len() + self.exponent.len());
-        input.extend_from_slice(&self.modulus);
-        input.extend_from_slice(&self.exponent);
-        let digest = ring::digest::digest(&ring::digest::SHA256, &input);
-        let hex = hex::encode(&digest.as_ref()[..16]);
+        let digest = Sha256::new()
+            .chain_update(&self.modulus)
+            .chain_update(&self.exponent)
+            .finalize();
+        let hex = hex::encode(&digest[..16]);
         hex.as_bytes()
             .chunks(4)
             .map(|group| String::from_utf8_lossy(group).into_owned())
