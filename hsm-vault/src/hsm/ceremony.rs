@@ -298,7 +298,7 @@ pub fn import_master_key(
     let import_key =
         find_one(&session, ObjectClass::PRIVATE_KEY, &import_label)?.ok_or_else(|| {
             Error::Ceremony(format!(
-            "token {:?} has no import key {import_label:?}; run `hsm-vault keys request` on this \
+            "token {:?} has no import key {import_label:?}; run `hsm-vault keys import-request` on this \
              replica first",
             cfg.token_label
         ))
