@@ -1,7 +1,7 @@
 //! Golden `--help` checks for the project's binaries: every command's help
 //! exits 0 and the whole text is compared with a file under `tests/golden/`
-//! (rerun with `E2EBK_BLESS=1` to accept an intended change, then review
-//! the diff).
+//! ([`crate::golden`]: rerun with `E2EBK_BLESS=1` to accept an intended
+//! change, then review the diff).
 
 use std::path::Path;
 use std::process::Command;
@@ -57,14 +57,5 @@ pub fn check_golden(binary: &str, must_contain: &[&str], golden: &Path) {
         }
     }
     assert!(seen > 0, "{binary} --help lists no commands");
-    if std::env::var_os("E2EBK_BLESS").is_some() {
-        std::fs::create_dir_all(golden.parent().expect("golden dir")).expect("golden dir");
-        std::fs::write(golden, &all).expect("write golden");
-    }
-    let expected = std::fs::read_to_string(golden).unwrap_or_default();
-    assert!(
-        expected == all,
-        "{binary} --help changed; if intended, rerun with E2EBK_BLESS=1 and review {}",
-        golden.display()
-    );
+    crate::golden::check(golden, &all, &format!("{binary} --help"));
 }

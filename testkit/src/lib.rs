@@ -44,6 +44,7 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
 pub mod chatd;
 pub mod cluster;
 pub mod faults;
+pub mod golden;
 pub mod help;
 pub mod link;
 pub mod tap;
@@ -56,10 +57,7 @@ pub fn unique() -> u128 {
 
 /// Random bytes from the OS.
 pub fn fill_random(buf: &mut [u8]) {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .expect("/dev/urandom");
+    getrandom::fill(buf).expect("OS randomness");
 }
 
 /// A TCP port free right now on 127.0.0.1 (for servers that must restart on
@@ -88,29 +86,30 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A minimal HTTP/1.1 GET for admin endpoints; returns (status, body).
+/// A GET on an admin listener; returns (status, body) whatever the status.
+/// Panics if nothing answers (5 s to connect, 10 s of silence).
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
-        .expect("connect to admin listener");
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .ok();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send request");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read response");
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    use std::time::Duration;
+    // Status codes are answers here, and a proxy from the environment
+    // must not come between a test and loopback.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(5)))
+        .timeout_per_read(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .proxy(None)
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!("http://{addr}{path}"))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path} from the admin listener at {addr}: {e}"));
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("read the answer to GET {path} from {addr}: {e}"));
     (status, body)
 }
 

@@ -16,7 +16,6 @@
 //! leader's admin address, which the CLI follows.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -239,14 +238,54 @@ async fn remove(State(c): State<AdminCtx>, Json(b): Json<NodeIdBody>) -> Answer 
     .await
 }
 
-/// A minimal blocking HTTP/1.1 request to an admin listener, following one
-/// "not the leader" redirect. Returns the JSON answer or an error message.
+// --- the client half: `hsm-vault cluster ...` ---------------------------------
+
+/// Connecting is quick on the networks an admin listener belongs on.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest silence while waiting for an answer: `add-learner` waits up to
+/// [`LEARNER_CATCH_UP_WAIT`] before it answers.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a call to an admin listener failed, by whose fault.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminCallError {
+    /// Ours: the address given is not `host:port`.
+    #[error("{0:?} is not host:port")]
+    BadAddress(String),
+    /// The network's or the replica's: nothing answered in time (down,
+    /// wrong address, firewalled, or stuck).
+    #[error("cannot reach the admin listener at {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    /// The replica answered and refused; `message` is its own reason (or
+    /// `HTTP <status>` when it gave none).
+    #[error("{message}")]
+    Refused { status: u16, message: String },
+    /// Something answered, but not like an admin listener does.
+    #[error("malformed answer from the admin listener at {addr}: {reason}")]
+    Malformed { addr: String, reason: String },
+}
+
+impl AdminCallError {
+    /// Whether the same call may succeed later without anyone changing
+    /// anything: the replica was unreachable, or busy (no leader yet, a
+    /// change still catching up).
+    pub fn retryable(&self) -> bool {
+        match self {
+            AdminCallError::Unreachable { .. } => true,
+            AdminCallError::Refused { status, .. } => matches!(status, 409 | 503 | 504),
+            AdminCallError::BadAddress(_) | AdminCallError::Malformed { .. } => false,
+        }
+    }
+}
+
+/// A blocking request to an admin listener, following one "not the
+/// leader" answer to the leader it names. Returns the JSON answer.
 pub fn request(
     addr: &str,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, AdminCallError> {
     let (code, v) = request_once(addr, method, path, body)?;
     if code == 409 {
         if let Some(leader) = v.get("leader_admin").and_then(|l| l.as_str()) {
@@ -259,44 +298,236 @@ pub fn request(
     answer(code, v)
 }
 
-fn answer(code: u16, v: serde_json::Value) -> Result<serde_json::Value, String> {
+fn answer(code: u16, v: serde_json::Value) -> Result<serde_json::Value, AdminCallError> {
     if code == 200 {
         Ok(v)
     } else {
-        Err(v
-            .get("error")
-            .and_then(|e| e.as_str())
-            .map_or_else(|| format!("HTTP {code}"), str::to_owned))
+        Err(AdminCallError::Refused {
+            status: code,
+            message: v
+                .get("error")
+                .and_then(|e| e.as_str())
+                .map_or_else(|| format!("HTTP {code}"), str::to_owned),
+        })
     }
 }
 
+/// One exchange: the status and the JSON body (`null` when an error
+/// answer has none; a 200 must carry JSON).
 fn request_once(
     addr: &str,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
-) -> Result<(u16, serde_json::Value), String> {
+) -> Result<(u16, serde_json::Value), AdminCallError> {
     let sock: std::net::SocketAddr = addr
         .parse()
-        .map_err(|_| format!("{addr:?} is not host:port"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(5))
-        .map_err(|e| format!("cannot reach the admin listener at {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(120))).ok();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(|e| e.to_string())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-    let code = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let v = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+        .map_err(|_| AdminCallError::BadAddress(addr.to_owned()))?;
+    let unreachable = |e: ureq::Error| AdminCallError::Unreachable {
+        addr: addr.to_owned(),
+        reason: match e {
+            ureq::Error::Timeout(_) => "no answer in time".to_owned(),
+            ureq::Error::Io(e) => e.to_string(),
+            other => other.to_string(),
+        },
+    };
+    let malformed = |reason: String| AdminCallError::Malformed {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{sock}{path}"))
+        .header("content-type", "application/json")
+        .body(body.map(|b| b.to_string()).unwrap_or_default())
+        .map_err(|e| malformed(format!("cannot form the request: {e}")))?;
+    let mut response = agent().run(request).map_err(|e| match e {
+        ureq::Error::Protocol(e) => malformed(e.to_string()),
+        other => unreachable(other),
+    })?;
+    let code = response.status().as_u16();
+    let text = response.body_mut().read_to_string().map_err(|e| match e {
+        ureq::Error::Timeout(_) | ureq::Error::Io(_) => unreachable(e),
+        other => malformed(other.to_string()),
+    })?;
+    let v = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) if code == 200 => return Err(malformed(format!("not JSON: {e}"))),
+        Err(_) => serde_json::Value::Null,
+    };
     Ok((code, v))
+}
+
+/// Plain HTTP as the admin listener speaks it: status codes are answers,
+/// not errors; no proxy from the environment (the listener is on a
+/// trusted network, often loopback); no redirects beyond the leader hint.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_per_read(Some(READ_TIMEOUT))
+        .http_status_as_error(false)
+        .proxy(None)
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .build()
+        .into()
+}
+
+#[cfg(test)]
+mod client_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A one-shot listener on loopback that answers with `raw` and hands
+    /// back the request line and body it received.
+    fn answer_once(raw: String) -> (String, std::thread::JoinHandle<(String, String)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap();
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            reader.get_mut().write_all(raw.as_bytes()).unwrap();
+            (
+                request_line.trim_end().to_owned(),
+                String::from_utf8(body).unwrap(),
+            )
+        });
+        (addr, handle)
+    }
+
+    fn json_answer(status: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[test]
+    fn a_closed_port_is_unreachable_and_retryable() {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let e = request(&addr, "GET", "/cluster/status", None).unwrap_err();
+        assert!(matches!(e, AdminCallError::Unreachable { .. }), "{e:?}");
+        assert!(e.retryable());
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&format!("cannot reach the admin listener at {addr}: ")),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn an_address_that_is_not_host_port_is_ours_to_fix() {
+        let e = request("localhost", "GET", "/cluster/status", None).unwrap_err();
+        assert!(matches!(e, AdminCallError::BadAddress(_)), "{e:?}");
+        assert_eq!(e.to_string(), "\"localhost\" is not host:port");
+        assert!(!e.retryable());
+    }
+
+    #[test]
+    fn a_refusal_shows_the_replicas_own_message() {
+        let (addr, server) = answer_once(json_answer(
+            "400 Bad Request",
+            r#"{"error":"node 7 is not a learner; add it with add-learner first"}"#,
+        ));
+        let e = request(
+            &addr,
+            "POST",
+            "/cluster/promote",
+            Some(&serde_json::json!({ "node_id": 7 })),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, AdminCallError::Refused { status: 400, .. }),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "node 7 is not a learner; add it with add-learner first"
+        );
+        let (line, body) = server.join().unwrap();
+        assert_eq!(line, "POST /cluster/promote HTTP/1.1");
+        assert_eq!(body, r#"{"node_id":7}"#);
+    }
+
+    #[test]
+    fn a_refusal_without_a_message_shows_the_status() {
+        let (addr, _server) = answer_once(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                .into(),
+        );
+        let e = request(&addr, "GET", "/cluster/status", None).unwrap_err();
+        assert_eq!(e.to_string(), "HTTP 503");
+        assert!(e.retryable());
+    }
+
+    #[test]
+    fn not_the_leader_is_followed_once_to_the_leader() {
+        let (leader, leader_server) = answer_once(json_answer("200 OK", r#"{"voters":[1,2]}"#));
+        let (follower, _follower_server) = answer_once(json_answer(
+            "409 Conflict",
+            &format!(r#"{{"error":"not the leader","leader_admin":"{leader}"}}"#),
+        ));
+        let body = serde_json::json!({ "node_id": 2 });
+        let v = request(&follower, "POST", "/cluster/promote", Some(&body)).unwrap();
+        assert_eq!(v["voters"], serde_json::json!([1, 2]));
+        let (line, sent) = leader_server.join().unwrap();
+        assert_eq!(line, "POST /cluster/promote HTTP/1.1");
+        assert_eq!(sent, body.to_string());
+    }
+
+    #[test]
+    fn a_second_not_the_leader_is_not_followed() {
+        let (elsewhere, _elsewhere_server) = answer_once(json_answer("200 OK", "{}"));
+        let (leader, _leader_server) = answer_once(json_answer(
+            "409 Conflict",
+            &format!(r#"{{"error":"not the leader","leader_admin":"{elsewhere}"}}"#),
+        ));
+        let (follower, _follower_server) = answer_once(json_answer(
+            "409 Conflict",
+            &format!(r#"{{"error":"not the leader","leader_admin":"{leader}"}}"#),
+        ));
+        let e = request(&follower, "POST", "/cluster/init", None).unwrap_err();
+        assert!(
+            matches!(e, AdminCallError::Refused { status: 409, .. }),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "not the leader");
+    }
+
+    #[test]
+    fn an_answer_that_is_not_http_or_not_json_is_malformed() {
+        let (addr, _server) = answer_once("SSH-2.0-OpenSSH_9.6\r\n\r\n".into());
+        let e = request(&addr, "GET", "/cluster/status", None).unwrap_err();
+        assert!(matches!(e, AdminCallError::Malformed { .. }), "{e:?}");
+        assert!(!e.retryable());
+
+        let (addr, _server) = answer_once(json_answer("200 OK", "<html>"));
+        let e = request(&addr, "GET", "/cluster/status", None).unwrap_err();
+        assert!(matches!(e, AdminCallError::Malformed { .. }), "{e:?}");
+    }
 }
