@@ -157,8 +157,12 @@ fn register(vault: &Vault, account: &AccountId, fleet: &FleetId) {
 /// Fleet secrets for a benchmark fleet (the OPAQUE server setup is the part
 /// that matters here).
 pub fn fleet_secrets() -> FleetSecrets {
-    FleetSecrets::generate(FleetId::new("bench-fleet").expect("fleet id"), &OsEntropy)
-        .expect("generate fleet secrets")
+    FleetSecrets::generate(
+        FleetId::new("bench-fleet").expect("fleet id"),
+        hsm_vault::secrets::FleetParams::new(10).expect("params"),
+        &OsEntropy,
+    )
+    .expect("generate fleet secrets")
 }
 
 impl BenchVault {

@@ -24,7 +24,10 @@ pub struct VaultConfig {
     /// this file are relative to the config file's folder.
     pub data_dir: PathBuf,
     /// Consecutive failed logins after which the escrowed key is erased.
-    pub max_attempts: u32,
+    /// Fixed for the whole fleet at `init` and sealed in `fleet.sealed`;
+    /// here it is only a check: a replica whose configuration names
+    /// another value refuses to start. Unset: whatever the fleet sealed.
+    pub max_attempts: Option<u32>,
     /// Seconds a login may stay between KE2 and KE3.
     pub login_timeout_secs: u64,
     /// Worker threads that run the vault core (OPAQUE, HSM, commits) off
@@ -127,7 +130,7 @@ impl Default for VaultConfig {
         VaultConfig {
             replica_id: "vault-1".into(),
             data_dir: PathBuf::from("vault-data"),
-            max_attempts: 10,
+            max_attempts: None,
             login_timeout_secs: 60,
             workers: 8,
             max_queued_requests: 1024,
@@ -200,8 +203,8 @@ impl VaultConfig {
 
     fn validate(&self) -> Result<(), crate::Error> {
         let bad = |m: String| crate::Error::Service(service_kit::Error::Config(m));
-        if self.max_attempts == 0 || self.max_attempts > 1000 {
-            return Err(bad("max_attempts must be between 1 and 1000".into()));
+        if let Some(n) = self.max_attempts {
+            crate::secrets::FleetParams::new(n)?;
         }
         if self.workers == 0 || self.hsm.sessions == 0 {
             return Err(bad("workers and hsm.sessions must be at least 1".into()));
@@ -230,6 +233,23 @@ impl VaultConfig {
     /// Path of the sealed fleet secrets.
     pub fn fleet_secrets_path(&self) -> PathBuf {
         self.data_dir.join("fleet.sealed")
+    }
+
+    /// Refuses to serve a fleet whose sealed parameters differ from what
+    /// this configuration says.
+    pub fn check_fleet_params(
+        &self,
+        sealed: &crate::secrets::FleetParams,
+    ) -> Result<(), crate::Error> {
+        match self.max_attempts {
+            Some(n) if n != sealed.max_attempts => Err(crate::Error::FleetParams(format!(
+                "this configuration says max_attempts = {n}, but the fleet was initialised with \
+                 {} (sealed in fleet.sealed, the same on every replica); remove max_attempts \
+                 from the configuration or set it to {}",
+                sealed.max_attempts, sealed.max_attempts
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Path of the record store.

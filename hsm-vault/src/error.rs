@@ -32,6 +32,10 @@ pub enum Error {
     /// The fleet secrets file is missing, unreadable or not ours.
     #[error("fleet secrets file {path}: {reason}")]
     FleetSecrets { path: PathBuf, reason: String },
+    /// The fleet's sealed parameters are invalid, or this replica's
+    /// configuration disagrees with them.
+    #[error("fleet parameters: {0}")]
+    FleetParams(String),
     /// The embedded store could not be opened or used.
     #[error("store {path}: {reason}")]
     Store { path: PathBuf, reason: String },
@@ -92,6 +96,7 @@ impl Error {
             Error::Hsm { .. } => "hsm",
             Error::Integrity => "integrity",
             Error::FleetSecrets { .. } => "fleet_secrets",
+            Error::FleetParams(_) => "fleet_params",
             Error::Store { .. } => "store",
             Error::Storage(_) => "storage",
             Error::Corrupt(_) => "corrupt",

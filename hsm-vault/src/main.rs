@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hsm_vault::config::VaultConfig;
 use hsm_vault::entropy::OsEntropy;
 use hsm_vault::hsm::{self, Hsm, ImportRequest, WrappedMasterKey};
-use hsm_vault::secrets::{FleetPublic, FleetSecrets};
+use hsm_vault::secrets::{FleetParams, FleetPublic, FleetSecrets};
 use protocol_spec::ids::FleetId;
 
 const ABOUT: &str = "The E2EBK Backup Key Vault: escrows backup keys behind OPAQUE, counts failed \
@@ -72,12 +72,17 @@ enum Command {
     /// Create the master key in the token and this fleet's sealed secrets (first replica only).
     ///
     /// Creates an AES-256 master key that cannot be read out of the token, generates the
-    /// fleet's secrets (OPAQUE server setup, fleet tunnel key, link and peer keys), seals them
-    /// into <data_dir>/fleet.sealed, and prints the public keys that clients and chatd need.
+    /// fleet's secrets (OPAQUE server setup, fleet tunnel key, link, peer and control keys),
+    /// seals them with the fleet's parameters into <data_dir>/fleet.sealed, and prints the
+    /// public keys that clients, chatd and operators need.
     Init {
         /// The fleet's identity, bound into every OPAQUE registration. Never change it later.
         #[arg(long, value_name = "NAME")]
         fleet_id: String,
+        /// Consecutive wrong passwords after which an escrowed key is erased, for the whole
+        /// fleet, for good (1 to 1000; default: the configuration's max_attempts, else 10).
+        #[arg(long, value_name = "N")]
+        max_attempts: Option<u32>,
         /// Make the master key non-exportable: no other replica can ever receive it.
         #[arg(long)]
         no_export: bool,
@@ -146,6 +151,15 @@ enum KeysCommand {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Give a fleet.sealed made by an older build (format 1) the sealed parameters and the
+    /// control key of format 2. Run on one replica, then copy fleet.sealed to the others.
+    ///
+    /// The old file is kept as fleet.sealed.old. N must be the max_attempts the fleet has
+    /// served with.
+    UpgradeFleet {
+        #[arg(long, value_name = "N")]
+        max_attempts: u32,
+    },
     /// Ceremony step 1, on the NEW replica: create an import key in its token, write a request.
     ImportRequest {
         /// Where to write the request (public data).
@@ -204,11 +218,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Init {
             fleet_id,
+            max_attempts,
             no_export,
             output,
         } => {
             service_kit::logging::init(cfg.log.format, "warn");
             let fleet_id = FleetId::new(fleet_id)?;
+            let max_attempts = match (max_attempts, cfg.max_attempts) {
+                (Some(a), Some(b)) if a != b => anyhow::bail!(
+                    "--max-attempts {a} disagrees with max_attempts = {b} in the configuration; \
+                     give one of them"
+                ),
+                (Some(n), _) | (None, Some(n)) => n,
+                (None, None) => 10,
+            };
+            let params = FleetParams::new(max_attempts)?;
             let secrets_path = cfg.fleet_secrets_path();
             if secrets_path.exists() {
                 anyhow::bail!(
@@ -219,7 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let pin = cfg.user_pin()?;
             hsm::init_master_key(&cfg.hsm, &pin, !no_export)?;
             let hsm = Hsm::open(&cfg.hsm, &pin)?;
-            let secrets = FleetSecrets::generate(fleet_id, &OsEntropy)?;
+            let secrets = FleetSecrets::generate(fleet_id, params, &OsEntropy)?;
             secrets.seal_to_file(&hsm, &OsEntropy, &secrets_path)?;
             print_public(&secrets.public(), output, Some((&cfg, !no_export)));
             Ok(())
@@ -312,6 +336,23 @@ fn keys(cfg: &VaultConfig, command: KeysCommand) -> anyhow::Result<()> {
             let secrets = FleetSecrets::unseal_from_file(&hsm, &cfg.fleet_secrets_path())?;
             print_public(&secrets.public(), output, None);
         }
+        KeysCommand::UpgradeFleet { max_attempts } => {
+            let params = FleetParams::new(max_attempts)?;
+            let hsm = Hsm::open(&cfg.hsm, &cfg.user_pin()?)?;
+            let path = cfg.fleet_secrets_path();
+            let bytes = std::fs::read(&path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let secrets = FleetSecrets::upgrade_v1(&hsm, &bytes, params, &OsEntropy)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            secrets.reseal_file(&hsm, &OsEntropy, &path)?;
+            println!(
+                "{} upgraded: max_attempts = {max_attempts} is now sealed in it, with a new control key \
+                 (the old file is fleet.sealed.old). Copy it to every other replica of fleet {}.",
+                path.display(),
+                secrets.fleet_id
+            );
+            print_public(&secrets.public(), Output::Text, None);
+        }
         KeysCommand::ImportRequest { out } => {
             let req = hsm::import_request(&cfg.hsm, &cfg.user_pin()?)?;
             write_new(&out, req.to_text().as_bytes())?;
@@ -397,6 +438,8 @@ fn print_public(p: &FleetPublic, output: Output, init: Option<(&VaultConfig, boo
                 "link_key": p.link_key.to_hex(),
                 "link_key_fingerprint": p.link_key.fingerprint(),
                 "peer_key": p.peer_key.to_hex(),
+                "control_key": p.control_key.to_hex(),
+                "max_attempts": p.params.max_attempts,
             });
             println!("{v}");
         }
@@ -429,6 +472,12 @@ fn print_public(p: &FleetPublic, output: Output, init: Option<(&VaultConfig, boo
                 "  fingerprint      {}   (chatd's vault.link_key)",
                 p.link_key.fingerprint()
             );
+            println!("control key        {}", p.control_key);
+            println!(
+                "  fingerprint      {}   (operators' `cluster --fleet-control-key`)",
+                p.control_key.fingerprint()
+            );
+            println!("max_attempts       {}", p.params.max_attempts);
         }
     }
 }

@@ -20,7 +20,7 @@ use hsm_vault::raft::codec;
 use hsm_vault::raft::identity::{GroupId, PeerHello, PeerWelcome};
 use hsm_vault::raft::VaultRaft;
 use hsm_vault::seal::SoftSealer;
-use hsm_vault::secrets::FleetSecrets;
+use hsm_vault::secrets::{FleetParams, FleetSecrets};
 use hsm_vault::state::record::{self, RecordBody, Registration, StoredRecord};
 use hsm_vault::state::Command;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
@@ -75,6 +75,7 @@ fn log_entry() -> Entry<VaultRaft> {
 fn fleet_sealed() -> Vec<u8> {
     let secrets = FleetSecrets::generate(
         FleetId::new("golden-fleet").unwrap(),
+        FleetParams::new(10).unwrap(),
         &SeededEntropy::new(7),
     )
     .unwrap();
@@ -186,6 +187,7 @@ fn golden_bytes_decode_back() {
     assert!(matches!(entry.payload, EntryPayload::Normal(c) if c == command()));
     let secrets = FleetSecrets::unseal(&sealer, &g["fleet_sealed"]).unwrap();
     assert_eq!(secrets.fleet_id.as_str(), "golden-fleet");
+    assert_eq!(secrets.params.max_attempts, 10);
     assert_eq!(
         codec::decode::<PeerHello>("peer hello", &g["peer_hello"]).unwrap(),
         hello()

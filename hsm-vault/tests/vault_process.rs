@@ -389,6 +389,17 @@ fn start_up_errors_are_one_clear_message() {
     assert!(e.contains("/nonexistent/libpkcs11.so"), "{e}");
     let e = run(&[("HSM_VAULT_HSM__KEY_LABEL", "other-key")]);
     assert!(e.contains("no master key labelled \"other-key\""), "{e}");
+    // max_attempts is the fleet's, sealed at init (5 here): a replica whose
+    // configuration says otherwise refuses to start, whichever way.
+    for other in ["1000", "1"] {
+        let e = run(&[("HSM_VAULT_MAX_ATTEMPTS", other)]);
+        assert!(
+            e.contains(&format!("max_attempts = {other}"))
+                && e.contains("initialised with 5")
+                && e.contains("remove max_attempts"),
+            "{e}"
+        );
+    }
     // A store served standalone cannot be served as a Raft member (its
     // records were never in the replicated log), nor the reverse.
     let mut standalone = f.spawn();

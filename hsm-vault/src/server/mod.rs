@@ -103,6 +103,7 @@ fn open_blocking(cfg: &VaultConfig) -> Result<Opened, Error> {
     let pin = cfg.user_pin()?;
     let hsm = Arc::new(Hsm::open(&cfg.hsm, &pin)?);
     let secrets = FleetSecrets::unseal_from_file(hsm.as_ref(), &cfg.fleet_secrets_path())?;
+    cfg.check_fleet_params(&secrets.params)?;
     let store = Arc::new(RecordStore::open(&cfg.store_path())?);
     store.bind_mode(&match cfg.raft.node_id {
         None => "standalone".to_string(),
@@ -151,7 +152,7 @@ impl Replica {
             opened.secrets.opaque_setup.clone(),
             VaultParams {
                 fleet_id: opened.secrets.fleet_id.clone(),
-                max_attempts: cfg.max_attempts,
+                max_attempts: opened.secrets.params.max_attempts,
                 login_timeout: Duration::from_secs(cfg.login_timeout_secs),
             },
         );
