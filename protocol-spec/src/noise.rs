@@ -1,5 +1,5 @@
-//! A thin, typed wrapper over snow for the protocol's four Noise channels
-//! (SPEC.md sections 3 and 5.5).
+//! A thin, typed wrapper over snow for the protocol's five Noise channels
+//! (SPEC.md sections 3, 5.5 and 5.6).
 //!
 //! | channel            | pattern                               | prologue                              |
 //! |--------------------|---------------------------------------|---------------------------------------|
@@ -7,8 +7,9 @@
 //! | chatd -> vault     | `Noise_KK_25519_ChaChaPoly_BLAKE2s`   | `"E2EBK/1 chatd-vault"`               |
 //! | client -> vault    | `Noise_NK_25519_ChaChaPoly_BLAKE2s`   | `"E2EBK/1 tunnel" || len || account`  |
 //! | vault <-> vault    | `Noise_KK_25519_ChaChaPoly_BLAKE2s`   | `"E2EBK/1 vault-peer"`                |
+//! | operator -> vault  | `Noise_KK_25519_ChaChaPoly_BLAKE2s`   | `"E2EBK/1 control"`                   |
 //!
-//! All four are one round trip. Each step consumes its state, so a
+//! All five are one round trip. Each step consumes its state, so a
 //! handshake cannot be reused or run out of order. Every handshake message
 //! on the wire is one version byte followed by the Noise message.
 //!
@@ -47,6 +48,11 @@ pub fn link_prologue() -> Vec<u8> {
     format!("E2EBK/{PROTOCOL_VERSION} chatd-vault").into_bytes()
 }
 
+/// Prologue of the operator control channel (SPEC.md section 5.6).
+pub fn control_prologue() -> Vec<u8> {
+    format!("E2EBK/{PROTOCOL_VERSION} control").into_bytes()
+}
+
 /// Prologue of the replica-to-replica channel (SPEC.md section 5.5).
 pub fn peer_prologue() -> Vec<u8> {
     format!("E2EBK/{PROTOCOL_VERSION} vault-peer").into_bytes()
@@ -60,7 +66,7 @@ pub fn tunnel_prologue(account: &AccountId) -> Vec<u8> {
     p
 }
 
-/// The four channels, for building handshakes.
+/// The five channels, for building handshakes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channel {
     ClientChatd,
@@ -69,6 +75,9 @@ pub enum Channel {
     /// Between vault replicas (Raft traffic), both ends hold the fleet's
     /// peer key.
     Peer,
+    /// An operator's tool to a vault replica: the operator's key and the
+    /// fleet's control key.
+    Control,
 }
 
 impl Channel {
@@ -78,6 +87,7 @@ impl Channel {
             Channel::Link => LINK_PATTERN,
             Channel::Tunnel => TUNNEL_PATTERN,
             Channel::Peer => LINK_PATTERN,
+            Channel::Control => LINK_PATTERN,
         }
     }
 }
@@ -146,6 +156,17 @@ impl Initiator {
     /// A vault replica to another, both holding the fleet peer key.
     pub fn peer(local: &StaticSecret, remote: &PublicKey) -> Result<Self, Error> {
         Self::new(Channel::Peer, Some(local), Some(remote), None, None)
+    }
+
+    /// An operator's tool to a replica's control listener.
+    pub fn control(operator: &StaticSecret, fleet_control: &PublicKey) -> Result<Self, Error> {
+        Self::new(
+            Channel::Control,
+            Some(operator),
+            Some(fleet_control),
+            None,
+            None,
+        )
     }
 
     /// Like the constructors above but with a fixed ephemeral key, to
@@ -238,6 +259,11 @@ impl Responder {
         Self::new(Channel::Peer, local, Some(remote), None, None)
     }
 
+    /// A vault replica's control listener, for the holder of `operator`.
+    pub fn control(fleet_control: &StaticSecret, operator: &PublicKey) -> Result<Self, Error> {
+        Self::new(Channel::Control, fleet_control, Some(operator), None, None)
+    }
+
     /// Fixed-ephemeral variant for reproducible test vectors only.
     #[doc(hidden)]
     pub fn for_test_vectors(
@@ -304,6 +330,7 @@ fn prologue_for(channel: Channel, account: Option<&AccountId>) -> Result<Vec<u8>
         Channel::ClientChatd => client_chatd_prologue(),
         Channel::Link => link_prologue(),
         Channel::Peer => peer_prologue(),
+        Channel::Control => control_prologue(),
         Channel::Tunnel => tunnel_prologue(account.ok_or(Error::Handshake)?),
     })
 }
@@ -490,6 +517,10 @@ mod tests {
                 Initiator::peer(&device, &chatd.public_key()).unwrap(),
                 Responder::peer(&chatd, &device.public_key()).unwrap(),
             ),
+            Channel::Control => (
+                Initiator::control(&device, &chatd.public_key()).unwrap(),
+                Responder::control(&chatd, &device.public_key()).unwrap(),
+            ),
         };
         let (m1, waiting) = init.write_first(b"hello").unwrap();
         let first = resp.read_first(&m1).unwrap();
@@ -513,6 +544,7 @@ mod tests {
             Channel::Link,
             Channel::Tunnel,
             Channel::Peer,
+            Channel::Control,
         ] {
             let (mut a, mut b, _, _) = pair(ch);
             let sealed = a.seal(b"frame").unwrap();
@@ -521,6 +553,31 @@ mod tests {
             assert_eq!(sealed.len(), 16);
             assert_eq!(a.open(&sealed, 100).unwrap(), b"");
         }
+    }
+
+    /// A control handshake from a key the replica does not accept, or to
+    /// another fleet's control key, fails: network reach is not enough.
+    #[test]
+    fn only_a_listed_operator_gets_through_the_control_handshake() {
+        let fleet_control = key(7);
+        let operator = key(8);
+        let stranger = key(9);
+        let (m1, _) = Initiator::control(&stranger, &fleet_control.public_key())
+            .unwrap()
+            .write_first(b"")
+            .unwrap();
+        assert!(Responder::control(&fleet_control, &operator.public_key())
+            .unwrap()
+            .read_first(&m1)
+            .is_err());
+        let (m1, _) = Initiator::control(&operator, &key(10).public_key())
+            .unwrap()
+            .write_first(b"")
+            .unwrap();
+        assert!(Responder::control(&fleet_control, &operator.public_key())
+            .unwrap()
+            .read_first(&m1)
+            .is_err());
     }
 
     #[test]

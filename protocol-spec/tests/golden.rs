@@ -54,6 +54,7 @@ fn noise_handshakes_with_fixed_keys() {
         ("kk_link", Channel::Link),
         ("nk_tunnel", Channel::Tunnel),
         ("kk_peer", Channel::Peer),
+        ("kk_control", Channel::Control),
     ] {
         let initiator_static = key(0x11);
         let responder_static = key(0x22);
@@ -61,7 +62,7 @@ fn noise_handshakes_with_fixed_keys() {
         let re = [0x44u8; 32];
         let (i_local, r_remote, acct) = match channel {
             Channel::ClientChatd => (Some(&initiator_static), None, None),
-            Channel::Link | Channel::Peer => (
+            Channel::Link | Channel::Peer | Channel::Control => (
                 Some(&initiator_static),
                 Some(initiator_static.public_key()),
                 None,
