@@ -60,6 +60,21 @@ pub fn fill_random(buf: &mut [u8]) {
     getrandom::fill(buf).expect("OS randomness");
 }
 
+/// Writes a secret file readable by its owner only (the servers refuse
+/// group- or world-readable key files).
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    f.write_all(bytes).expect("write secret file");
+}
+
 /// A TCP port free right now on 127.0.0.1 (for servers that must restart on
 /// the same port).
 ///
