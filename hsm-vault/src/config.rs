@@ -39,6 +39,7 @@ pub struct VaultConfig {
     pub hsm: HsmConfig,
     pub link: LinkConfig,
     pub admin: AdminConfig,
+    pub control: ControlConfig,
     pub raft: RaftConfig,
     pub log: LogConfig,
 }
@@ -77,6 +78,39 @@ impl Default for RaftConfig {
             election_timeout_max_ms: 1000,
             snapshot_every: 5000,
             commit_timeout_secs: 5,
+        }
+    }
+}
+
+/// The control plane (membership commands): where a replica listens for
+/// operators and whom it accepts, and, for `hsm-vault cluster`, the
+/// operator's own key file and the fleet control key it pins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Listener for operators' tools (a Raft replica only).
+    pub listen: String,
+    /// Address other replicas and tools use to reach `listen`, if different.
+    pub advertise: Option<String>,
+    /// Operator public keys (hex) accepted on the control listener.
+    pub operator_keys: Vec<String>,
+    /// For `hsm-vault cluster`: the operator's private key file (0600,
+    /// made by `hsm-vault keys operator-key`); else
+    /// `HSM_VAULT_OPERATOR_KEY_FILE`.
+    pub operator_key_file: Option<PathBuf>,
+    /// For `hsm-vault cluster`: the fleet control key to pin (hex, from
+    /// `hsm-vault keys show`).
+    pub fleet_key: Option<String>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            listen: "127.0.0.1:7190".into(),
+            advertise: None,
+            operator_keys: Vec::new(),
+            operator_key_file: None,
+            fleet_key: None,
         }
     }
 }
@@ -137,6 +171,7 @@ impl Default for VaultConfig {
             hsm: HsmConfig::default(),
             link: LinkConfig::default(),
             admin: AdminConfig::listening_on("127.0.0.1:7180"),
+            control: ControlConfig::default(),
             raft: RaftConfig::default(),
             log: LogConfig::default(),
         }
@@ -175,8 +210,18 @@ impl VaultConfig {
     /// Loads the file (if any) and environment overrides, resolves relative
     /// paths against the file's folder, and checks values.
     pub fn load(path: Option<&Path>) -> Result<Self, crate::Error> {
-        let mut cfg: VaultConfig =
-            service_kit::config::load(path, ENV_PREFIX, &["PIN", "SO_PIN", "CONFIG", "FAILPOINT"])?;
+        let mut cfg: VaultConfig = service_kit::config::load(
+            path,
+            ENV_PREFIX,
+            &[
+                "PIN",
+                "SO_PIN",
+                "CONFIG",
+                "FAILPOINT",
+                "OPERATOR_KEY_FILE",
+                "FLEET_CONTROL_KEY",
+            ],
+        )?;
         let base = path
             .and_then(Path::parent)
             .map(Path::to_path_buf)
@@ -197,6 +242,9 @@ impl VaultConfig {
             fix(p);
         }
         if let Some(p) = self.hsm.so_pin_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.control.operator_key_file.as_mut() {
             fix(p);
         }
     }
@@ -222,6 +270,15 @@ impl VaultConfig {
                 "raft: need 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms"
                     .into(),
             ));
+        }
+        for k in self
+            .control
+            .operator_keys
+            .iter()
+            .chain(&self.control.fleet_key)
+        {
+            protocol_spec::keys::PublicKey::from_hex(k)
+                .map_err(|_| bad(format!("control: {k:?} is not 64 hex digits")))?;
         }
         for k in &self.link.chatd_keys {
             protocol_spec::keys::PublicKey::from_hex(k)

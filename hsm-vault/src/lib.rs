@@ -8,7 +8,8 @@
 //! | --- | --- |
 //! | [`core`] | the sans-IO vault: [`core::Vault::handle`]`(now, session, request) -> response`, over the [`seal::Sealer`], [`state::Records`] and [`entropy::Entropy`] traits |
 //! | [`state`] | the commit path: record formats, the compare-and-set command and its rule, the redb store, the single-node commits |
-//! | [`raft`] | replication: the Raft group's storage, peer transport, identities, role, and the `/cluster/*` admin routes |
+//! | [`raft`] | replication: the Raft group's storage, peer transport, identities, role, and the majority agreement on what each commit wrote |
+//! | [`control`] | the operators' authenticated control plane: membership changes with their checks |
 //! | [`server`] | the running replica: its wiring ([`server::Replica`]), the chatd link listener, each link's sans-IO tunnel table, the worker pool |
 //! | [`hsm`] | PKCS#11 custody (cryptoki; SoftHSM2 by default): sessions, the sealer, and the key ceremony |
 //! | [`seal`] | the sealed format and the [`seal::Sealer`] trait the core seals through |
@@ -24,6 +25,7 @@
 //! back to the table, which sends it.
 
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod entropy;
 pub mod error;

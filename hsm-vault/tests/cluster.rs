@@ -8,6 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use backup_client::vault_flow::FlowError;
+use hsm_vault::control::protocol::{ControlRequest, SelfInfo};
 use protocol_spec::codes::TunnelCloseCode;
 use protocol_spec::messages::vault::{RecordState, VaultRequest, VaultResponse};
 use support::*;
@@ -330,9 +331,9 @@ fn silent_connections_to_the_raft_port_do_not_block_the_group() {
 
 /// Group identity on the peer channel: a replica an operator initialised
 /// on its own by mistake forms a group of its own. The group refuses to add
-/// it (the CLI says why), and even when it is put into the group's
-/// membership behind the CLI's back, the peer handshake keeps the two logs
-/// apart: neither side serves the other, and both say so in their logs.
+/// it (the CLI says why), and even when an operator's request claims it
+/// belongs to no group, the leader's probe of it fails on the peer
+/// handshake: it is never added, and both sides say so in their logs.
 #[test]
 fn a_replica_initialised_on_its_own_is_kept_out_of_another_group() {
     let mut c = VaultCluster::new(3, VaultOptions::default());
@@ -343,32 +344,40 @@ fn a_replica_initialised_on_its_own_is_kept_out_of_another_group() {
     // The mistake.
     let out = c.cluster_cmd(2, &["init"]);
     assert!(out.contains("Group "), "{out}");
-    let admin = |i: usize| c.replicas[i].admin_addr.to_string();
-    let err = c.cluster_cmd_err(0, &["add-learner", "--node", &admin(2)]);
+    let control = |i: usize| c.replicas[i].control_addr.to_string();
+    let err = c.cluster_cmd_err(0, &["add-learner", "--node", &control(2)]);
     assert!(err.contains("node 3 belongs to another group"), "{err}");
     assert!(err.contains("move its data folder aside"), "{err}");
     // A replica in no group joins as before.
-    c.cluster_cmd(0, &["add-learner", "--node", &admin(1)]);
+    c.cluster_cmd(0, &["add-learner", "--node", &control(1)]);
     c.cluster_cmd(0, &["promote", "--node-id", "2"]);
     let group = |i: usize| c.status(i).unwrap()["group"].as_str().unwrap().to_string();
     assert_eq!(group(0), group(1));
     assert_ne!(group(0), group(2));
 
-    // Behind the CLI's back: the leader's admin route is told replica 3
-    // has no group, so Raft adds it as a learner and starts calling it.
-    let mut who: serde_json::Value =
-        hsm_vault::raft::admin::request(&admin(2), "GET", "/cluster/self", None).unwrap();
-    who["group"] = serde_json::Value::Null;
-    let leader_admin = admin(0);
-    std::thread::spawn(move || {
-        // Blocks until the leader gives up waiting for the catch-up.
-        let _ = hsm_vault::raft::admin::request(
-            &leader_admin,
-            "POST",
-            "/cluster/add-learner",
-            Some(&who),
-        );
-    });
+    // Behind the CLI's back: an operator's request tells the leader that
+    // replica 3 has no group.
+    let op = || {
+        hsm_vault::control::client::ControlClient::new(c.operator_key.clone(), c.fleet.control_key)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let who = rt
+        .block_on(op().call(&control(2), &ControlRequest::WhoAreYou))
+        .unwrap();
+    let mut node: SelfInfo = serde_json::from_value(who).unwrap();
+    node.group = None;
+    let e = rt
+        .block_on(op().call(&control(0), &ControlRequest::AddLearner { node }))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("does not answer as a replica of this fleet")
+            && e.contains("is node 3 of group"),
+        "{e}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(c.log(2).contains("tried to reach this replica of group")
         && c.log(0).contains("is node 3 of group"))
@@ -381,7 +390,9 @@ fn a_replica_initialised_on_its_own_is_kept_out_of_another_group() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Replica 3 still leads only its own group, its log untouched by the other.
+    // Never added; replica 3 still leads only its own group.
+    let s0 = c.status(0).unwrap();
+    assert_eq!(s0["learners"], serde_json::json!([]), "{s0}");
     let s2 = c.status(2).unwrap();
     assert_eq!(s2["voters"], serde_json::json!([3]), "{s2}");
     assert_eq!(s2["leader"], serde_json::json!(3), "{s2}");
@@ -390,4 +401,220 @@ fn a_replica_initialised_on_its_own_is_kept_out_of_another_group() {
     let mut l = connect(&c, 0);
     register(&mut l, &c.fleet, &a, b"pw", &key(3));
     assert_eq!(login(&mut l, &c.fleet, &a, b"pw").unwrap(), key(3));
+}
+
+/// The control plane: membership changes need an operator key the
+/// replicas accept. Without one, the admin listener has no membership
+/// routes and the control listener drops the handshake; with one, a
+/// change that names a replica that is not there, or that would leave no
+/// reachable quorum, is refused before it is proposed. The group serves
+/// throughout.
+#[test]
+fn membership_needs_an_operator_and_changes_that_break_the_quorum_are_refused() {
+    let c = three();
+    let leader = c.wait_serving(Duration::from_secs(20));
+    let a = account("steady");
+    register(&mut connect(&c, leader), &c.fleet, &a, b"pw", &key(4));
+
+    // The unauthenticated attack: the old admin routes are gone ...
+    for path in [
+        "/cluster/add-learner",
+        "/cluster/promote",
+        "/cluster/status",
+    ] {
+        let (code, _) = testkit::http_get(c.replicas[leader].admin_addr, path);
+        assert_eq!(code, 404, "{path} must not exist on the admin listener");
+    }
+    // ... and a key the replicas do not list gets no answer.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut seed = [0u8; 32];
+    testkit::fill_random(&mut seed);
+    let stranger = hsm_vault::control::client::ControlClient::new(
+        protocol_spec::keys::StaticSecret::from_bytes(seed),
+        c.fleet.control_key,
+    );
+    let control = c.replicas[leader].control_addr.to_string();
+    let bogus = |id: u64| SelfInfo {
+        node_id: id,
+        node: hsm_vault::raft::VaultNode {
+            raft_addr: "127.0.0.1:1".into(),
+            link_addr: "127.0.0.1:1".into(),
+            control_addr: "127.0.0.1:1".into(),
+        },
+        group: None,
+    };
+    for req in [
+        ControlRequest::AddLearner { node: bogus(97) },
+        ControlRequest::Promote { node_id: 97 },
+        ControlRequest::Remove { node_id: 2 },
+        ControlRequest::Status,
+    ] {
+        let e = rt.block_on(stranger.call(&control, &req)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                hsm_vault::control::client::ControlCallError::NotAuthorised { .. }
+            ),
+            "{e}"
+        );
+    }
+
+    // With the operator key: a replica that is not there is not added,
+    // and what is not a learner is not promoted.
+    let err = c.cluster_cmd_err(leader, &["add-learner", "--node", "127.0.0.1:1"]);
+    assert!(err.contains("cannot ask 127.0.0.1:1 who it is"), "{err}");
+    let op =
+        hsm_vault::control::client::ControlClient::new(c.operator_key.clone(), c.fleet.control_key);
+    for id in [97, 98, 99] {
+        let e = rt
+            .block_on(op.call(&control, &ControlRequest::AddLearner { node: bogus(id) }))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not answer as a replica of this fleet"),
+            "{e}"
+        );
+        let err = c.cluster_cmd_err(leader, &["promote", "--node-id", &id.to_string()]);
+        assert!(err.contains("is not a learner"), "{err}");
+    }
+    // Removing a voter while another is cut off would leave no quorum.
+    let cut = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    c.partition(cut, true);
+    std::thread::sleep(Duration::from_millis(500));
+    let err = c.cluster_cmd_err(
+        leader,
+        &[
+            "remove",
+            "--node-id",
+            &c.replicas[other].node_id.to_string(),
+        ],
+    );
+    assert!(err.contains("a change that cannot reach a quorum"), "{err}");
+    c.partition(cut, false);
+
+    // The group is as it was, and serves.
+    let st = c.status(leader).unwrap();
+    assert_eq!(st["voters"], serde_json::json!([1, 2, 3]), "{st}");
+    assert_eq!(st["learners"], serde_json::json!([]), "{st}");
+    let l = c.wait_serving(Duration::from_secs(20));
+    assert_eq!(
+        login(&mut connect(&c, l), &c.fleet, &a, b"pw").unwrap(),
+        key(4)
+    );
+}
+
+/// Rollback of one replica's store, without the PIN: an older sealed
+/// record is still authentic. Written back into a stopped replica, which
+/// is then made leader, it would hand out the spent attempts again if the
+/// leader answered from its own store. It cannot: a commit counts only once
+/// a majority holds what it wrote, so the rolled-back leader answers
+/// nothing, reports what it found, stops serving, and the others carry on
+/// from the true count. Across the whole scenario no more than
+/// `max_attempts` KE2s are given.
+#[test]
+fn a_rolled_back_replica_as_leader_gives_no_spent_attempt_back_and_says_so() {
+    const MAX: u32 = 5;
+    let mut c = VaultCluster::new(
+        3,
+        VaultOptions {
+            max_attempts: MAX,
+            ..VaultOptions::default()
+        },
+    );
+    c.start_all();
+    c.form();
+    let leader = c.wait_serving(Duration::from_secs(20));
+    let a = account("rolled");
+    register(&mut connect(&c, leader), &c.fleet, &a, b"pw", &key(5));
+    let r = (leader + 1) % 3;
+    let applied = |c: &VaultCluster, i: usize| {
+        c.status(i)
+            .and_then(|s| s["last_applied_index"].as_u64())
+            .unwrap_or(0)
+    };
+    let caught_up = |c: &VaultCluster, i: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let l = c.wait_leader(Duration::from_secs(10));
+            if applied(c, i) >= applied(c, l) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replica {i} never caught up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    caught_up(&c, r);
+    // The attacker's copy: replica r's record as registered (0 attempts).
+    c.kill9(r);
+    let old = {
+        let s = hsm_vault::state::RecordStore::open(&c.store_path(r)).unwrap();
+        s.get(&a).unwrap().expect("registered record")
+    };
+    c.start(r);
+    caught_up(&c, r);
+
+    let mut ke2 = 0u32;
+    let attempt = |c: &VaultCluster| -> Option<VaultResponse> {
+        let l = c.leader()?;
+        let mut link =
+            LinkClient::connect(c.replicas[l].link_addr, &c.chatd_key, &c.fleet.link_key).ok()?;
+        login_start_only(&mut link, &c.fleet, &a).ok()
+    };
+    while ke2 < 3 {
+        if let Some(VaultResponse::LoginStarted { .. }) = attempt(&c) {
+            ke2 += 1;
+        }
+    }
+    caught_up(&c, r);
+    // Roll replica r back: the old (authentic) record over the current one.
+    c.kill9(r);
+    {
+        let s = hsm_vault::state::RecordStore::open(&c.store_path(r)).unwrap();
+        assert!(s.get(&a).unwrap().unwrap().version > old.version);
+        s.overwrite_raw(a.as_str(), &old).unwrap();
+    }
+    c.start(r);
+    // Make it the leader (its log is as long as anyone's).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.leader() != Some(r) {
+        assert!(Instant::now() < deadline, "replica {r} never became leader");
+        let _ = c.status(r); // wait for it to answer at all
+        let mut cmd = std::process::Command::new(testkit::bin("hsm-vault"));
+        cmd.arg("--config")
+            .arg(&c.replicas[r].config)
+            .args(["cluster", "elect"])
+            .env("HSM_VAULT_FLEET_CONTROL_KEY", c.fleet.control_key.to_hex());
+        let _ = cmd.output();
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    // Guess on, through whichever replica leads, until the record locks.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match attempt(&c) {
+            Some(VaultResponse::LoginStarted { .. }) => ke2 += 1,
+            Some(VaultResponse::Locked) => break,
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+        assert!(
+            ke2 <= MAX,
+            "{ke2} KE2s: the rolled-back replica gave attempts back"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "never locked (KE2s so far: {ke2})"
+        );
+    }
+    assert_eq!(ke2, MAX, "exactly max_attempts KE2s in all");
+    // The rolled-back replica said what it found, and is not ready.
+    let log = c.log(r);
+    assert!(
+        log.contains("this replica's store has been edited or rolled back"),
+        "{log}"
+    );
+    let (code, body) = testkit::http_get(c.replicas[r].admin_addr, "/readyz");
+    assert_eq!(code, 503, "{body}");
 }

@@ -377,9 +377,21 @@ fn start_up_errors_are_one_clear_message() {
         errors[0].to_owned()
     };
     let wrong_pin = f.dir.join("wrong-pin");
-    std::fs::write(&wrong_pin, "0000").unwrap();
+    testkit::write_private(&wrong_pin, b"0000");
     let e = run(&[("HSM_VAULT_HSM__PIN_FILE", wrong_pin.to_str().unwrap())]);
     assert!(e.contains("PIN") && e.contains("wrong"), "{e}");
+    // A PIN file other users can read is refused before it is used.
+    let open_pin = f.dir.join("open-pin");
+    std::fs::copy(f.dir.join("pin"), &open_pin).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&open_pin, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let e = run(&[("HSM_VAULT_HSM__PIN_FILE", open_pin.to_str().unwrap())]);
+    assert!(
+        e.contains("open to other users (mode 0644)") && e.contains("chmod 600"),
+        "{e}"
+    );
     let e = run(&[("HSM_VAULT_HSM__TOKEN_LABEL", "no-such-token")]);
     assert!(
         e.contains("no initialised token labelled \"no-such-token\""),

@@ -25,6 +25,8 @@ pub struct Replica {
     pub token: Token,
     pub link_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Where operators' tools reach it.
+    pub control_addr: SocketAddr,
     /// The replica's own Raft listener (peers reach it through `proxy`).
     pub raft_addr: SocketAddr,
     pub source_ip: IpAddr,
@@ -37,6 +39,9 @@ pub struct VaultCluster {
     pub replicas: Vec<Replica>,
     pub procs: Vec<Option<VaultProcess>>,
     pub chatd_key: StaticSecret,
+    /// The operator key every replica accepts (written to each replica's
+    /// folder as `operator.key`).
+    pub operator_key: StaticSecret,
     pub fleet: FleetInfo,
 }
 
@@ -58,18 +63,22 @@ impl VaultCluster {
         let mut seed = [0u8; 32];
         crate::fill_random(&mut seed);
         let chatd_key = StaticSecret::from_bytes(seed);
+        crate::fill_random(&mut seed);
+        let operator_key = StaticSecret::from_bytes(seed);
         let mut replicas = Vec::new();
         for i in 1..=n {
             let token = hsm.init_token(&format!("replica{i}"));
             let dir = hsm.dir().join(format!("replica{i}"));
             std::fs::create_dir_all(&dir).expect("replica dir");
-            std::fs::write(dir.join("pin"), &token.pin).expect("pin");
+            crate::write_private(&dir.join("pin"), token.pin.as_bytes());
+            crate::write_private(&dir.join("operator.key"), operator_key.to_hex().as_bytes());
             let raft_port = crate::free_port();
             let source_ip: IpAddr = format!("127.0.0.{}", 10 + i).parse().expect("ip");
             let proxy =
                 FaultProxy::start("127.0.0.1:0", SocketAddr::from(([127, 0, 0, 1], raft_port)));
             let link_port = crate::free_port();
             let admin_port = crate::free_port();
+            let control_port = crate::free_port();
             let config = write_config(
                 &dir,
                 &opts,
@@ -82,6 +91,8 @@ impl VaultCluster {
                     port: raft_port,
                     bind_source: source_ip.to_string(),
                     advertise: proxy.addr.to_string(),
+                    control_port,
+                    operator_key: operator_key.public_key(),
                 }),
             );
             replicas.push(Replica {
@@ -91,6 +102,7 @@ impl VaultCluster {
                 token,
                 link_addr: SocketAddr::from(([127, 0, 0, 1], link_port)),
                 admin_addr: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+                control_addr: SocketAddr::from(([127, 0, 0, 1], control_port)),
                 raft_addr: SocketAddr::from(([127, 0, 0, 1], raft_port)),
                 source_ip,
                 proxy,
@@ -101,10 +113,12 @@ impl VaultCluster {
             hsm,
             replicas,
             chatd_key,
+            operator_key,
             fleet: FleetInfo {
                 fleet_id: FleetId::new("cluster-fleet").expect("fleet id"),
                 tunnel_key: PublicKey([0; 32]),
                 link_key: PublicKey([0; 32]),
+                control_key: PublicKey([0; 32]),
             },
         };
         c.initialise();
@@ -115,6 +129,10 @@ impl VaultCluster {
         let mut c = Command::new(crate::bin("hsm-vault"));
         c.arg("--config").arg(&self.replicas[i].config);
         c.env("SOFTHSM2_CONF", self.hsm.conf());
+        c.env(
+            "HSM_VAULT_FLEET_CONTROL_KEY",
+            self.fleet.control_key.to_hex(),
+        );
         c.env_remove("RUST_LOG");
         c
     }
@@ -130,6 +148,8 @@ impl VaultCluster {
             PublicKey::from_hex(v["tunnel_key"].as_str().expect("key")).expect("key");
         self.fleet.link_key =
             PublicKey::from_hex(v["link_key"].as_str().expect("key")).expect("key");
+        self.fleet.control_key =
+            PublicKey::from_hex(v["control_key"].as_str().expect("key")).expect("key");
         let sealed = self.replicas[0].dir.join("data/fleet.sealed");
         for i in 1..self.replicas.len() {
             let req = self.replicas[i].dir.join("import-request.txt");
@@ -207,7 +227,7 @@ impl VaultCluster {
         self.cluster_cmd(0, &["init"]);
         self.wait_leader(Duration::from_secs(20));
         for r in &self.replicas[1..] {
-            self.cluster_cmd(0, &["add-learner", "--node", &r.admin_addr.to_string()]);
+            self.cluster_cmd(0, &["add-learner", "--node", &r.control_addr.to_string()]);
             self.cluster_cmd(0, &["promote", "--node-id", &r.node_id.to_string()]);
         }
         self.wait_serving(Duration::from_secs(20));
@@ -235,15 +255,15 @@ impl VaultCluster {
         }
     }
 
+    /// `cluster status` of replica `i`, through its control listener.
     pub fn status(&self, i: usize) -> Option<serde_json::Value> {
-        let (code, body) = std::panic::catch_unwind(|| {
-            crate::http_get(self.replicas[i].admin_addr, "/cluster/status")
-        })
-        .ok()?;
-        if code != 200 {
+        let mut c = self.cmd(i);
+        c.args(["cluster", "status", "--output", "json"]);
+        let out = c.output().ok()?;
+        if !out.status.success() {
             return None;
         }
-        serde_json::from_str(&body).ok()
+        serde_json::from_slice(&out.stdout).ok()
     }
 
     /// The index of the replica that says it leads with a fresh quorum.

@@ -20,6 +20,9 @@ pub struct RaftSettings {
     pub bind_source: String,
     /// Address the others use to reach it (a fault proxy in tests).
     pub advertise: String,
+    /// Its control listener's port, and the operator key it accepts.
+    pub control_port: u16,
+    pub operator_key: PublicKey,
 }
 
 /// Writes `dir/vault.toml` for a test replica (pin file `dir/pin`).
@@ -37,8 +40,15 @@ pub fn write_config(
             format!(
                 "[raft]\nnode_id = {}\nlisten = \"127.0.0.1:{}\"\nbind_source = \"{}\"\nadvertise = \"{}\"\n\
                  heartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\
-                 commit_timeout_secs = 3\nsnapshot_every = 64\n",
-                r.node_id, r.port, r.bind_source, r.advertise
+                 commit_timeout_secs = 3\nsnapshot_every = 64\n\
+                 [control]\nlisten = \"127.0.0.1:{}\"\noperator_keys = [\"{}\"]\n\
+                 operator_key_file = \"operator.key\"\n",
+                r.node_id,
+                r.port,
+                r.bind_source,
+                r.advertise,
+                r.control_port,
+                r.operator_key.to_hex()
             )
         })
         .unwrap_or_default();
@@ -113,6 +123,8 @@ pub struct FleetInfo {
     pub fleet_id: FleetId,
     pub tunnel_key: PublicKey,
     pub link_key: PublicKey,
+    /// The fleet control key operators pin.
+    pub control_key: PublicKey,
 }
 
 /// An initialised (not yet running) vault replica.
@@ -173,7 +185,7 @@ impl VaultFixture {
         let dir = hsm.dir().join("vault");
         std::fs::create_dir_all(&dir).expect("vault dir");
         let pin_file = dir.join("pin");
-        std::fs::write(&pin_file, &token.pin).expect("pin file");
+        crate::write_private(&pin_file, token.pin.as_bytes());
         let mut seed = [0u8; 32];
         crate::fill_random(&mut seed);
         let chatd_key = StaticSecret::from_bytes(seed);
@@ -204,6 +216,8 @@ impl VaultFixture {
             tunnel_key: PublicKey::from_hex(v["tunnel_key"].as_str().expect("tunnel_key"))
                 .expect("key"),
             link_key: PublicKey::from_hex(v["link_key"].as_str().expect("link_key")).expect("key"),
+            control_key: PublicKey::from_hex(v["control_key"].as_str().expect("control_key"))
+                .expect("key"),
         };
         VaultFixture {
             hsm,

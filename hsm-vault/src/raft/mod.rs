@@ -12,7 +12,7 @@
 // openraft's error types are large and fixed by its trait signatures.
 #![allow(clippy::result_large_err)]
 
-pub mod admin;
+pub mod agreement;
 pub mod codec;
 pub mod identity;
 pub mod network;
@@ -42,8 +42,8 @@ pub struct VaultNode {
     pub raft_addr: String,
     /// chatd link listener: the leader hint chatd follows.
     pub link_addr: String,
-    /// Admin listener: where `hsm-vault cluster` commands go.
-    pub admin_addr: String,
+    /// Control listener: where `hsm-vault cluster` commands go.
+    pub control_addr: String,
 }
 
 /// What applying one log entry produced (nothing for blank and membership
@@ -61,9 +61,15 @@ openraft::declare_raft_types!(
 );
 
 /// The replicated [`Records`]. Blocking, for the vault's worker threads.
+///
+/// A commit is acknowledged only once a majority of the voters hold the
+/// record it wrote ([`agreement`]), so a replica whose own store was rolled
+/// back cannot answer from it.
 pub struct ReplicatedRecords {
     raft: Raft<VaultRaft>,
     store: Arc<RecordStore>,
+    network: network::PeerNetwork,
+    divergence: Arc<agreement::Divergence>,
     rt: tokio::runtime::Handle,
     timeout: Duration,
 }
@@ -78,12 +84,16 @@ impl ReplicatedRecords {
     pub fn new(
         raft: Raft<VaultRaft>,
         store: Arc<RecordStore>,
+        network: network::PeerNetwork,
+        divergence: Arc<agreement::Divergence>,
         rt: tokio::runtime::Handle,
         timeout: Duration,
     ) -> Self {
         ReplicatedRecords {
             raft,
             store,
+            network,
+            divergence,
             rt,
             timeout,
         }
@@ -121,15 +131,45 @@ impl Records for ReplicatedRecords {
     }
 
     fn commit(&self, cmd: Command) -> Result<ApplyOutcome, Error> {
+        if self.divergence.found() {
+            return Err(Error::Unavailable(
+                "this replica's store diverged from the group",
+            ));
+        }
         let raft = self.raft.clone();
+        let account = cmd.account().clone();
+        let Command::PutRecord { record, .. } = &cmd;
+        let digest = agreement::record_digest(&account, Some(record));
+        let started = std::time::Instant::now();
         let written = self
             .rt
             .block_on(async { tokio::time::timeout(self.timeout, raft.client_write(cmd)).await });
         match written {
-            Ok(Ok(resp)) => resp
-                .data
-                .0
-                .ok_or(Error::Unavailable("command produced no outcome")),
+            Ok(Ok(resp)) => {
+                let outcome = resp
+                    .data
+                    .0
+                    .ok_or(Error::Unavailable("command produced no outcome"))?;
+                if outcome == ApplyOutcome::Applied {
+                    // Counts only once a majority holds what it wrote.
+                    let req = agreement::ConfirmRequest {
+                        index: resp.log_id.index,
+                        term: resp.log_id.leader_id.term,
+                        account: account.as_str().to_owned(),
+                        digest,
+                        wait_ms: u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX),
+                    };
+                    let left = self.timeout.saturating_sub(started.elapsed());
+                    self.rt.block_on(agreement::confirm_majority(
+                        &self.raft,
+                        &self.network,
+                        &self.divergence,
+                        req,
+                        left.max(Duration::from_millis(100)),
+                    ))?;
+                }
+                Ok(outcome)
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(Error::NotLeader {
                     leader_hint: f.leader_node.map(|n| n.link_addr),

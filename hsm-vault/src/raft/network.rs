@@ -34,11 +34,13 @@ use service_kit::records::{read_record, write_record, RecordError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::agreement::{self, ConfirmAnswer, ConfirmRequest, Divergence};
 use super::codec::{self, CodecError};
 use super::identity::{
     check_welcome, IdentityError, PeerHello, PeerIdentity, PeerWelcome, WarnOnce,
 };
 use super::{VaultNode, VaultRaft};
+use crate::state::RecordStore;
 
 type NodeId = u64;
 
@@ -53,6 +55,10 @@ enum PeerRequest {
     Append(AppendEntriesRequest<VaultRaft>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<VaultRaft>),
+    /// Do you hold this record after this entry? ([`super::agreement`])
+    Confirm(ConfirmRequest),
+    /// The majority holds another record than you after this entry.
+    Diverged(ConfirmRequest),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -60,6 +66,8 @@ enum PeerResponse {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Confirm(ConfirmAnswer),
+    Noted,
 }
 
 /// Why a call to another replica, or a connection from one, failed. The
@@ -97,6 +105,8 @@ pub enum PeerError {
     SnapshotTooLarge { offset: u64 },
     #[error("a blocking task failed: {0}")]
     Task(String),
+    #[error("the peer answered a different request")]
+    Mismatch,
 }
 
 /// A frame's plaintext: the version byte, then one postcard value.
@@ -172,6 +182,28 @@ impl PeerNetwork {
             bind_source,
             pool: Arc::default(),
         }
+    }
+}
+
+impl PeerNetwork {
+    /// Connects to `addr` as Raft would and completes the handshake: proves
+    /// that a replica of this fleet answers there as node `target`, in this
+    /// group (a replica in no group joins it). The connection is dropped.
+    pub async fn probe(&self, target: NodeId, addr: &str, ttl: Duration) -> Result<(), PeerError> {
+        let client = PeerClient {
+            target,
+            addr: addr.to_owned(),
+            key: self.key.clone(),
+            identity: self.identity.clone(),
+            warn: self.warn.clone(),
+            bind_source: self.bind_source,
+            conn: None,
+            pool: Pool::default(),
+        };
+        tokio::time::timeout(ttl, client.connect())
+            .await
+            .map_err(|_| PeerError::Timeout)?
+            .map(drop)
     }
 }
 
@@ -331,6 +363,30 @@ impl PeerClient {
         Ok(c.transport.open(&rec, MAX_PEER_RECORD)?)
     }
 
+    /// Asks whether the peer holds the record a committed entry wrote.
+    pub async fn confirm(
+        &mut self,
+        req: &ConfirmRequest,
+        ttl: Duration,
+    ) -> Result<ConfirmAnswer, PeerError> {
+        match self.call(PeerRequest::Confirm(req.clone()), ttl).await? {
+            PeerResponse::Confirm(a) => Ok(a),
+            _ => Err(PeerError::Mismatch),
+        }
+    }
+
+    /// Tells the peer that the majority holds another record than it does.
+    pub async fn notify_diverged(
+        &mut self,
+        req: &ConfirmRequest,
+        ttl: Duration,
+    ) -> Result<(), PeerError> {
+        match self.call(PeerRequest::Diverged(req.clone()), ttl).await? {
+            PeerResponse::Noted => Ok(()),
+            _ => Err(PeerError::Mismatch),
+        }
+    }
+
     fn unreachable<E: std::error::Error>(&self, e: PeerError) -> RPCError<NodeId, VaultNode, E> {
         tracing::debug!(target = self.target, error = %e, "peer rpc failed");
         RPCError::Unreachable(Unreachable::new(&e))
@@ -400,13 +456,29 @@ impl RaftNetwork<VaultRaft> for PeerClient {
 /// hold at most 16 connections, and a connection with no request for
 /// [`PEER_IDLE_TIMEOUT`] is closed (which also reaps connections whose peer
 /// vanished without a FIN).
-pub async fn serve(
-    listener: TcpListener,
-    raft: Raft<VaultRaft>,
-    key: StaticSecret,
-    identity: Arc<PeerIdentity>,
-) {
-    let key = Arc::new(key);
+/// What the peer listener serves: the Raft node, and for confirmations
+/// ([`super::agreement`]) the store and this replica's divergence flag.
+#[derive(Clone)]
+pub struct PeerService {
+    pub raft: Raft<VaultRaft>,
+    pub store: Arc<RecordStore>,
+    pub divergence: Arc<Divergence>,
+    pub key: Arc<StaticSecret>,
+    pub identity: Arc<PeerIdentity>,
+}
+
+impl std::fmt::Debug for PeerService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerService")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most a confirmation waits for this replica to apply the entry.
+const MAX_CONFIRM_WAIT: Duration = Duration::from_secs(10);
+
+pub async fn serve(listener: TcpListener, svc: PeerService) {
     let warn = Arc::new(WarnOnce::default());
     let conns: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     loop {
@@ -424,10 +496,9 @@ pub async fn serve(
             }
             *mine += 1;
         }
-        let (raft, key, conns) = (raft.clone(), key.clone(), conns.clone());
-        let (identity, warn) = (identity.clone(), warn.clone());
+        let (svc, conns, warn) = (svc.clone(), conns.clone(), warn.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_peer(stream, raft, &key, identity, &warn).await {
+            if let Err(e) = serve_peer(stream, &svc, &warn).await {
                 tracing::debug!(%peer, error = %e, "peer connection ended");
             }
             let mut c = conns.lock();
@@ -443,11 +514,10 @@ pub async fn serve(
 
 async fn serve_peer(
     mut stream: TcpStream,
-    raft: Raft<VaultRaft>,
-    key: &StaticSecret,
-    identity: Arc<PeerIdentity>,
+    svc: &PeerService,
     warn: &WarnOnce,
 ) -> Result<(), PeerError> {
+    let (raft, key, identity) = (&svc.raft, svc.key.as_ref(), &svc.identity);
     let _ = stream.set_nodelay(true);
     let handshake = async {
         let m1 = read_record(
@@ -485,9 +555,9 @@ async fn serve_peer(
             }
             return Err(e.into());
         }
-        Ok::<_, PeerError>(transport)
+        Ok::<_, PeerError>((transport, hello.from))
     };
-    let mut transport = tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, handshake)
+    let (mut transport, caller) = tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, handshake)
         .await
         .map_err(|_| PeerError::Timeout)??;
     loop {
@@ -507,6 +577,28 @@ async fn serve_peer(
             PeerRequest::Snapshot(r) => {
                 check_snapshot_chunk(&r)?;
                 PeerResponse::Snapshot(raft.install_snapshot(r).await)
+            }
+            PeerRequest::Confirm(r) => {
+                let wait = Duration::from_millis(r.wait_ms.into()).min(MAX_CONFIRM_WAIT);
+                PeerResponse::Confirm(agreement::answer(raft, &svc.store, &r, wait).await)
+            }
+            PeerRequest::Diverged(r) => {
+                // Only the leader speaks for the majority; anyone else
+                // telling this replica it diverged is ignored.
+                if raft.metrics().borrow().current_leader == Some(caller) {
+                    svc.divergence.report(
+                        "follower",
+                        format!(
+                            "the leader (node {caller}) reports that a majority of the group \
+                             holds a different record of account {} after log entry {} than this \
+                             replica: this replica's store has been edited or rolled back; \
+                             rebuild it (remove it, wipe its data folder, add it again under a \
+                             new node id)",
+                            r.account, r.index
+                        ),
+                    );
+                }
+                PeerResponse::Noted
             }
         };
         let sealed = transport.seal(&frame(&resp)?)?;

@@ -12,6 +12,7 @@ use openraft::{Raft, ServerState};
 use service_kit::admin::Health;
 use tokio::sync::watch;
 
+use super::agreement::Divergence;
 use super::VaultRaft;
 
 /// Whether this replica serves tunnels, and where the leader is.
@@ -40,6 +41,7 @@ impl Role {
 pub fn watch_role(
     raft: &Raft<VaultRaft>,
     health: Arc<Health>,
+    divergence: Arc<Divergence>,
     election_timeout: Duration,
 ) -> watch::Receiver<Role> {
     let (tx, rx) = watch::channel(Role {
@@ -52,7 +54,11 @@ pub fn watch_role(
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { return },
+                changed = metrics.changed() => if changed.is_err() {
+                    // Raft stopped (a diverged store shuts it down).
+                    health.set_not_ready("raft stopped");
+                    return;
+                },
                 _ = tick.tick() => {}
             }
             let m = metrics.borrow().clone();
@@ -68,13 +74,17 @@ pub fn watch_role(
                 (true, None) => false,
                 (false, _) => m.current_leader.is_some(),
             };
-            if quorum_fresh {
+            // A replica whose store disagrees with its group serves nothing.
+            let diverged = divergence.found();
+            if diverged {
+                health.set_not_ready("store diverged from the group");
+            } else if quorum_fresh {
                 health.set_ready();
             } else {
                 health.set_not_ready("no reachable quorum");
             }
             let role = Role {
-                leader: leader && quorum_fresh,
+                leader: leader && quorum_fresh && !diverged,
                 leader_hint: if leader { None } else { hint },
             };
             tx.send_if_modified(|r| {

@@ -27,11 +27,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::VaultConfig;
+use crate::control::{self, membership::Membership, protocol::SelfInfo, server::ControlContext};
 use crate::core::{Failpoint, Platform, Vault, VaultParams};
 use crate::entropy::{Entropy, OsEntropy};
 use crate::hsm::Hsm;
 use crate::raft::role::{self, Role};
-use crate::raft::{self, admin, network, storage, VaultRaft};
+use crate::raft::{self, network, storage, VaultRaft};
 use crate::secrets::FleetSecrets;
 use crate::state::{LocalRecords, RecordStore, Records};
 use crate::Error;
@@ -52,8 +53,10 @@ pub enum Commits {
     /// A member of a Raft group: commits need a majority.
     Raft {
         raft: Raft<VaultRaft>,
-        /// The `/cluster/*` admin routes.
-        routes: axum::Router,
+        /// The operators' control plane, and its bound listener.
+        control: Arc<ControlContext>,
+        /// Taken when serving starts.
+        control_listener: Option<TcpListener>,
         /// Where the peer listener is bound.
         peer_addr: SocketAddr,
     },
@@ -139,7 +142,7 @@ impl Replica {
                 (records, Commits::Standalone { _role: tx }, role)
             }
             Some(node_id) => {
-                let member = join_group(&cfg, &opened, node_id, &link, &admin, &health).await?;
+                let member = join_group(&cfg, &opened, node_id, &link, &health).await?;
                 (member.records, member.commits, member.role)
             }
         };
@@ -175,7 +178,7 @@ impl Replica {
             cfg,
             secrets,
             vault,
-            commits,
+            mut commits,
             role,
             health,
             metrics,
@@ -186,13 +189,21 @@ impl Replica {
             |l: &TcpListener, what: &'static str| l.local_addr().map_err(|e| Error::io(what, e));
         let link_addr = local(&link, "link listener")?;
         let admin_addr = local(&admin, "admin listener")?;
-        let (routes, raft, peer_addr) = match &commits {
-            Commits::Standalone { .. } => (axum::Router::new(), None, None),
+        let (raft, peer_addr) = match &mut commits {
+            Commits::Standalone { .. } => (None, None),
             Commits::Raft {
                 raft,
-                routes,
+                control,
+                control_listener,
                 peer_addr,
-            } => (routes.clone(), Some(raft.clone()), Some(*peer_addr)),
+            } => {
+                if let Some(listener) = control_listener.take() {
+                    let serving =
+                        control::server::serve(listener, control.clone(), shutdown.clone());
+                    tokio::spawn(serving);
+                }
+                (Some(raft.clone()), Some(*peer_addr))
+            }
         };
         announce(&cfg.replica_id, link_addr, admin_addr, peer_addr);
         let chatd_keys = cfg
@@ -232,7 +243,7 @@ impl Replica {
             admin,
             health.clone(),
             metrics,
-            routes,
+            axum::Router::new(),
             async move { service_kit::shutdown::reached(&mut admin_shutdown, Shutdown::Fast).await },
         ));
         tracing::info!(%link_addr, %admin_addr, replica = %cfg.replica_id, fleet = %secrets.fleet_id, "vault serving");
@@ -272,7 +283,6 @@ async fn join_group(
     opened: &Opened,
     node_id: u64,
     link: &TcpListener,
-    admin: &TcpListener,
     health: &Arc<Health>,
 ) -> Result<Member, Error> {
     let r = &cfg.raft;
@@ -314,39 +324,51 @@ async fn join_group(
         identity.clone(),
         bind_source,
     );
+    let membership_network = network.clone();
     let raft = Raft::new(
         node_id,
         Arc::new(raft_config),
-        network,
+        network.clone(),
         log_store,
         state_machine,
     )
     .await
     .map_err(|e| Error::Startup(format!("raft: {e}")))?;
+    let divergence = Arc::new(raft::agreement::Divergence::default());
     tokio::spawn(network::serve(
         peer_listener,
-        raft.clone(),
-        opened.secrets.peer_key.clone(),
-        identity.clone(),
+        network::PeerService {
+            raft: raft.clone(),
+            store: opened.store.clone(),
+            divergence: divergence.clone(),
+            key: Arc::new(opened.secrets.peer_key.clone()),
+            identity: identity.clone(),
+        },
     ));
     let records: Arc<dyn Records> = Arc::new(raft::ReplicatedRecords::new(
         raft.clone(),
         opened.store.clone(),
+        network,
+        divergence.clone(),
         tokio::runtime::Handle::current(),
         Duration::from_secs(r.commit_timeout_secs),
     ));
     let role = role::watch_role(
         &raft,
         health.clone(),
+        divergence,
         Duration::from_millis(r.election_timeout_max_ms),
     );
     let link_addr = link
         .local_addr()
         .map_err(|e| Error::io("link listener", e))?;
-    let admin_addr = admin
+    let control_listener = TcpListener::bind(&cfg.control.listen)
+        .await
+        .map_err(|e| Error::io(format!("control listener {}", cfg.control.listen), e))?;
+    let control_addr = control_listener
         .local_addr()
-        .map_err(|e| Error::io("admin listener", e))?;
-    let me = admin::SelfInfo {
+        .map_err(|e| Error::io("control listener", e))?;
+    let me = SelfInfo {
         node_id,
         node: raft::VaultNode {
             raft_addr: r.advertise.clone().unwrap_or_else(|| peer_addr.to_string()),
@@ -355,17 +377,37 @@ async fn join_group(
                 .advertise
                 .clone()
                 .unwrap_or_else(|| link_addr.to_string()),
-            admin_addr: admin_addr.to_string(),
+            control_addr: cfg
+                .control
+                .advertise
+                .clone()
+                .unwrap_or_else(|| control_addr.to_string()),
         },
         group: None,
     };
-    let routes = admin::routes(raft.clone(), me, identity);
-    tracing::info!(node_id, %peer_addr, "raft replica started");
+    let operator_keys = cfg
+        .control
+        .operator_keys
+        .iter()
+        .map(|k| PublicKey::from_hex(k))
+        .collect::<Result<Vec<_>, _>>()?;
+    let control = Arc::new(ControlContext {
+        membership: Membership {
+            raft: raft.clone(),
+            me,
+            identity,
+            network: membership_network,
+        },
+        control_key: opened.secrets.control_key.clone(),
+        operator_keys,
+    });
+    tracing::info!(node_id, %peer_addr, %control_addr, "raft replica started");
     Ok(Member {
         records,
         commits: Commits::Raft {
             raft,
-            routes,
+            control,
+            control_listener: Some(control_listener),
             peer_addr,
         },
         role,

@@ -1,6 +1,8 @@
 //! `hsm-vault`: the Backup Key Vault binary. Thin: parses the command line,
 //! loads the configuration and calls the library.
 
+mod cluster;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -40,9 +42,11 @@ Examples:
     replica-2$ hsm-vault --config vault.toml keys import --wrapped master.wrapped
     then copy <data_dir>/fleet.sealed from replica 1 to replica 2 (it is sealed).
 
-  Form a Raft group of three (each replica's [raft] section names its node_id), then check it:
+  Form a Raft group of three (each replica's [raft] section names its node_id, and its
+  [control] section lists the operator keys it accepts), then check it:
+    operator$  hsm-vault keys operator-key --out op.key      # once per operator
     replica-1$ hsm-vault --config vault.toml cluster init
-    replica-1$ hsm-vault --config vault.toml cluster add-learner --node 10.0.2.10:7180
+    replica-1$ hsm-vault --config vault.toml cluster add-learner --node 10.0.2.10:7190
     replica-1$ hsm-vault --config vault.toml cluster promote --node-id 2
     (the same for replica 3)
     hsm-vault --config vault.toml cluster status
@@ -101,47 +105,14 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Replication membership: talk to a running replica's admin listener.
+    /// Replication membership, as an operator: talk to a running replica's control listener.
     ///
     /// A group starts with `init` on one replica; every other replica (same master key and
     /// fleet.sealed, its own raft.node_id) joins with `add-learner`, catches up, and becomes
-    /// a voter with `promote`. Changes go to the leader (followed automatically).
-    Cluster {
-        /// Admin listener to talk to (default: this config's admin.listen).
-        #[arg(long, value_name = "HOST:PORT", global = true)]
-        admin: Option<String>,
-        #[command(subcommand)]
-        command: ClusterCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum ClusterCommand {
-    /// Start a new group (with a new group id): this replica is its first voter. Once, on one
-    /// replica; never on one that is to join a group.
-    Init,
-    /// Add the replica whose admin listener is NODE as a learner; waits (up to 60 s) until it
-    /// caught up. Refused if it belongs to another group.
-    AddLearner {
-        /// The new replica's admin listener (it reports its id and addresses).
-        #[arg(long, value_name = "HOST:PORT")]
-        node: String,
-    },
-    /// Make learner NODE_ID a voter.
-    Promote {
-        #[arg(long)]
-        node_id: u64,
-    },
-    /// Remove NODE_ID from the group.
-    Remove {
-        #[arg(long)]
-        node_id: u64,
-    },
-    /// Term, leader, log indices and members.
-    Status {
-        #[arg(long, value_enum, default_value_t = Output::Text)]
-        output: Output,
-    },
+    /// a voter with `promote`. Changes go to the leader (followed automatically). Every call
+    /// needs an operator key that the replicas accept (control.operator_keys) and pins the
+    /// fleet control key (`keys show`).
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Subcommand)]
@@ -159,6 +130,13 @@ enum KeysCommand {
     UpgradeFleet {
         #[arg(long, value_name = "N")]
         max_attempts: u32,
+    },
+    /// Make an operator key for `hsm-vault cluster`: writes the private key to FILE (0600) and
+    /// prints the public key to add to every replica's control.operator_keys.
+    OperatorKey {
+        /// Where to write the private key (created with mode 0600; refused if it exists).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Ceremony step 1, on the NEW replica: create an import key in its token, write a request.
     ImportRequest {
@@ -190,7 +168,7 @@ enum KeysCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Output {
+pub(crate) enum Output {
     Text,
     Json,
 }
@@ -252,81 +230,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             service_kit::logging::init(cfg.log.format, "warn");
             keys(&cfg, command)
         }
-        Command::Cluster { admin, command } => cluster(admin.unwrap_or(cfg.admin.listen), command),
+        Command::Cluster(args) => cluster::run(&cfg, args),
     }
-}
-
-fn cluster(admin_addr: String, command: ClusterCommand) -> anyhow::Result<()> {
-    use hsm_vault::raft::admin::request;
-    let call = |method: &str, path: &str, body: Option<serde_json::Value>| {
-        request(&admin_addr, method, path, body.as_ref()).map_err(|e| anyhow::anyhow!("{e}"))
-    };
-    match command {
-        ClusterCommand::Init => {
-            let v = call("POST", "/cluster/init", None)?;
-            println!(
-                "Group {} initialised with this replica as its only voter. Add others with `cluster add-learner`.",
-                v["group"].as_str().unwrap_or("?")
-            );
-        }
-        ClusterCommand::AddLearner { node } => {
-            let who = request(&node, "GET", "/cluster/self", None)
-                .map_err(|e| anyhow::anyhow!("cannot ask {node} who it is: {e}"))?;
-            let id = who["node_id"].as_u64().unwrap_or(0);
-            call("POST", "/cluster/add-learner", Some(who))?;
-            println!("Node {id} added as a learner and caught up. Make it a voter with `cluster promote --node-id {id}`.");
-        }
-        ClusterCommand::Promote { node_id } => {
-            let v = call(
-                "POST",
-                "/cluster/promote",
-                Some(serde_json::json!({ "node_id": node_id })),
-            )?;
-            println!("Node {node_id} is a voter. Voters now: {}", v["voters"]);
-        }
-        ClusterCommand::Remove { node_id } => {
-            let v = call(
-                "POST",
-                "/cluster/remove",
-                Some(serde_json::json!({ "node_id": node_id })),
-            )?;
-            println!("Node {node_id} removed. Voters now: {}", v["voters"]);
-        }
-        ClusterCommand::Status { output } => {
-            let v = call("GET", "/cluster/status", None)?;
-            match output {
-                Output::Json => println!("{v}"),
-                Output::Text => {
-                    println!(
-                        "node {} is {} in term {}",
-                        v["node_id"],
-                        v["state"].as_str().unwrap_or("?"),
-                        v["term"]
-                    );
-                    println!(
-                        "group             {}",
-                        v["group"].as_str().unwrap_or("none")
-                    );
-                    println!("leader            {}", v["leader"]);
-                    println!("last log index    {}", v["last_log_index"]);
-                    println!("last applied      {}", v["last_applied_index"]);
-                    println!("voters            {}", v["voters"]);
-                    println!("learners          {}", v["learners"]);
-                    if let Some(nodes) = v["nodes"].as_object() {
-                        for (id, n) in nodes {
-                            println!(
-                                "  node {id}: raft {} link {} admin {}",
-                                n["raft_addr"].as_str().unwrap_or("?"),
-                                n["link_addr"].as_str().unwrap_or("?"),
-                                n["admin_addr"].as_str().unwrap_or("?")
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 fn keys(cfg: &VaultConfig, command: KeysCommand) -> anyhow::Result<()> {
@@ -352,6 +257,17 @@ fn keys(cfg: &VaultConfig, command: KeysCommand) -> anyhow::Result<()> {
                 secrets.fleet_id
             );
             print_public(&secrets.public(), Output::Text, None);
+        }
+        KeysCommand::OperatorKey { out } => {
+            let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+            getrandom::fill(seed.as_mut_slice())
+                .map_err(|e| anyhow::anyhow!("no randomness from the operating system: {e}"))?;
+            let key = protocol_spec::keys::StaticSecret::from_bytes(*seed);
+            write_private(&out, key.to_hex().as_bytes())?;
+            println!("Operator key written to {} (mode 0600).", out.display());
+            println!("operator public key  {}", key.public_key());
+            println!("  fingerprint        {}", key.public_key().fingerprint());
+            println!("Add the public key to control.operator_keys on every replica, then use `hsm-vault cluster --operator-key {}`.", out.display());
         }
         KeysCommand::ImportRequest { out } => {
             let req = hsm::import_request(&cfg.hsm, &cfg.user_pin()?)?;
@@ -414,6 +330,21 @@ fn keys(cfg: &VaultConfig, command: KeysCommand) -> anyhow::Result<()> {
 fn read_text(path: &std::path::Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}
+
+/// Like [`write_new`], readable by the owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 fn write_new(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {

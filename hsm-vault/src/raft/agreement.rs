@@ -1,0 +1,280 @@
+//! Answers a rolled-back replica cannot give (SPEC.md 5.5).
+//!
+//! The vault answers from a record it read (KE2 after counting an attempt,
+//! `wrapped_K` after a reset). A leader whose own store was edited or rolled
+//! back by someone with access to its disk — without the HSM PIN, an older
+//! sealed record is still authentic — would read an old counter, and its
+//! compare-and-set would apply on its own store while every other replica
+//! records a conflict; answering from its own apply outcome, it would hand
+//! out the spent attempts again.
+//!
+//! So a commit counts only once a majority of the voters hold the record it
+//! wrote: after the entry is committed and applied here, the leader asks
+//! every other voter for the digest of that account's record once they have
+//! applied the entry ([`ConfirmRequest`]). It answers the client only when a
+//! majority, itself included, hold the same digest. When a majority of the
+//! group hold a *different* record while this replica is still the leader of
+//! the same term (no other leader can have written meanwhile), this
+//! replica's store is the one that diverged: it reports it, stops serving
+//! and shuts its Raft node down. A minority that differs is told so and
+//! reports its own divergence.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::network::RaftNetworkFactory;
+use openraft::Raft;
+use parking_lot::Mutex;
+use protocol_spec::ids::AccountId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::network::PeerNetwork;
+use super::VaultRaft;
+use crate::state::record::StoredRecord;
+use crate::state::store::RecordStore;
+use crate::Error;
+
+/// What replicas compare: SHA-256 over a label, the account and the stored
+/// record (its version and sealed bytes; random IVs make every write's
+/// digest unique), or a marker for "no record".
+pub fn record_digest(account: &AccountId, record: Option<&StoredRecord>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"E2EBK record digest v1");
+    h.update(account.length_prefixed());
+    match record {
+        Some(r) => {
+            h.update([1]);
+            h.update(r.encode());
+        }
+        None => h.update([0]),
+    }
+    h.finalize().into()
+}
+
+/// The leader's question to a voter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmRequest {
+    /// The log index of the committed entry.
+    pub index: u64,
+    /// The leader's term when it committed it.
+    pub term: u64,
+    pub account: String,
+    /// [`record_digest`] of the record the entry wrote, on the leader.
+    pub digest: [u8; 32],
+    /// How long the voter may wait to apply the entry before answering.
+    pub wait_ms: u32,
+}
+
+/// A voter's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfirmAnswer {
+    /// Applied through `index`, and holds the same record.
+    Same,
+    /// Applied through `index`, and holds a different record.
+    Differs,
+    /// Has not applied `index` in time.
+    NotYet,
+}
+
+/// Whether this replica's store was found to disagree with its group.
+#[derive(Debug, Default)]
+pub struct Divergence {
+    found: AtomicBool,
+    what: Mutex<Option<String>>,
+}
+
+impl Divergence {
+    /// Records what was found (the first finding is kept) and counts it.
+    pub fn report(&self, side: &'static str, what: String) {
+        metrics::counter!("vault_state_divergence_total", "side" => side).increment(1);
+        tracing::error!(side, "{what}");
+        let mut w = self.what.lock();
+        if w.is_none() {
+            *w = Some(what);
+        }
+        self.found.store(true, Ordering::SeqCst);
+    }
+
+    pub fn found(&self) -> bool {
+        self.found.load(Ordering::SeqCst)
+    }
+
+    pub fn what(&self) -> Option<String> {
+        self.what.lock().clone()
+    }
+}
+
+/// Follower side: waits (bounded) until `req.index` is applied here, then
+/// compares the account's record.
+pub async fn answer(
+    raft: &Raft<VaultRaft>,
+    store: &Arc<RecordStore>,
+    req: &ConfirmRequest,
+    wait: Duration,
+) -> ConfirmAnswer {
+    let applied = raft
+        .wait(Some(wait))
+        .applied_index_at_least(Some(req.index), "confirm")
+        .await;
+    if applied.is_err() {
+        return ConfirmAnswer::NotYet;
+    }
+    let Ok(account) = AccountId::new(req.account.clone()) else {
+        return ConfirmAnswer::Differs;
+    };
+    let store = store.clone();
+    let acct = account.clone();
+    let record = tokio::task::spawn_blocking(move || store.get(&acct)).await;
+    let Ok(Ok(record)) = record else {
+        return ConfirmAnswer::NotYet;
+    };
+    if record_digest(&account, record.as_ref()) == req.digest {
+        ConfirmAnswer::Same
+    } else {
+        // Which of the two diverged is decided by the majority; the
+        // leader tells a minority that it is one.
+        tracing::warn!(%account, index = req.index, "this replica's record differs from the leader's after the same log entry");
+        ConfirmAnswer::Differs
+    }
+}
+
+/// Leader side: the commit of `req` counts once a majority of the voters,
+/// this replica included, hold the record it wrote.
+pub async fn confirm_majority(
+    raft: &Raft<VaultRaft>,
+    network: &PeerNetwork,
+    divergence: &Arc<Divergence>,
+    req: ConfirmRequest,
+    ttl: Duration,
+) -> Result<(), Error> {
+    let m = raft.metrics().borrow().clone();
+    let me = m.id;
+    let membership = m.membership_config.membership().clone();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let majority = voters.len() / 2 + 1;
+    if majority <= 1 {
+        return Ok(());
+    }
+    let mut asks = tokio::task::JoinSet::new();
+    for id in voters.iter().copied().filter(|id| *id != me) {
+        let Some(node) = membership.get_node(&id).cloned() else {
+            continue;
+        };
+        let mut factory = network.clone();
+        let req = req.clone();
+        asks.spawn(async move {
+            let mut client = factory.new_client(id, &node).await;
+            let answer = client
+                .confirm(&req, ttl)
+                .await
+                .unwrap_or(ConfirmAnswer::NotYet);
+            (id, answer)
+        });
+    }
+    let (mut same, mut differs) = (1usize, Vec::new());
+    let deadline = tokio::time::Instant::now() + ttl;
+    while same < majority {
+        let next = tokio::time::timeout_at(deadline, asks.join_next()).await;
+        let Ok(Some(Ok((id, answer)))) = next else {
+            break;
+        };
+        match answer {
+            ConfirmAnswer::Same => same += 1,
+            ConfirmAnswer::Differs => differs.push(id),
+            ConfirmAnswer::NotYet => {}
+        }
+    }
+    let account = req.account.clone();
+    if same >= majority {
+        // The rest answer in the background: a minority that differs is a
+        // replica whose store diverged; tell it, and say so here.
+        let (network, req) = (network.clone(), req.clone());
+        let membership = membership.clone();
+        tokio::spawn(async move {
+            for id in differs {
+                tell_diverged(&network, &membership, id, &req).await;
+            }
+            while let Some(Ok((id, answer))) = asks.join_next().await {
+                if answer == ConfirmAnswer::Differs {
+                    tell_diverged(&network, &membership, id, &req).await;
+                }
+            }
+        });
+        return Ok(());
+    }
+    asks.abort_all();
+    let now = raft.metrics().borrow().clone();
+    let still_leading = now.current_leader == Some(me) && now.current_term == req.term;
+    if differs.len() >= majority && still_leading {
+        divergence.report(
+            "leader",
+            format!(
+                "voters {differs:?}, a majority of the group, hold a different record of account \
+                 {account} after log entry {} than this replica: this replica's store has been \
+                 edited or rolled back. It stops serving; rebuild it (remove it from the group, \
+                 wipe its data folder, add it again under a new node id)",
+                req.index
+            ),
+        );
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _ = raft.shutdown().await;
+        });
+        return Err(Error::Unavailable(
+            "this replica's store disagrees with the majority",
+        ));
+    }
+    Err(Error::Unavailable(
+        "a majority did not confirm the commit in time",
+    ))
+}
+
+async fn tell_diverged(
+    network: &PeerNetwork,
+    membership: &openraft::Membership<u64, super::VaultNode>,
+    id: u64,
+    req: &ConfirmRequest,
+) {
+    metrics::counter!("vault_state_divergence_total", "side" => "minority").increment(1);
+    tracing::error!(
+        node = id,
+        account = %req.account,
+        index = req.index,
+        "a voter holds a different record than the majority after the same log entry: its store diverged"
+    );
+    let Some(node) = membership.get_node(&id).cloned() else {
+        return;
+    };
+    let mut factory = network.clone();
+    let mut client = factory.new_client(id, &node).await;
+    let _ = client.notify_diverged(req, Duration::from_secs(5)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn digests_tell_records_apart() {
+        let a = AccountId::new("a").unwrap();
+        let b = AccountId::new("b").unwrap();
+        let r1 = StoredRecord {
+            version: 1,
+            sealed: vec![1, 2, 3],
+        };
+        let r2 = StoredRecord {
+            version: 2,
+            sealed: vec![1, 2, 3],
+        };
+        assert_ne!(record_digest(&a, Some(&r1)), record_digest(&a, Some(&r2)));
+        assert_ne!(record_digest(&a, Some(&r1)), record_digest(&b, Some(&r1)));
+        assert_ne!(record_digest(&a, None), record_digest(&a, Some(&r1)));
+        assert_eq!(
+            record_digest(&a, Some(&r1)),
+            record_digest(&a, Some(&r1.clone()))
+        );
+    }
+}
