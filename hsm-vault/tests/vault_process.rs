@@ -678,3 +678,42 @@ fn keys_show_prints_what_init_printed() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
 }
+
+/// Connections that never complete their handshake hold no link slot: 64
+/// of them (from several addresses, as a scan would come) while chatd
+/// connects do not keep chatd out, and they are dropped after a short
+/// pre-authentication deadline.
+#[test]
+fn silent_connections_to_the_link_port_do_not_keep_chatd_out() {
+    let f = VaultFixture::init(VaultOptions::default());
+    let p = f.spawn();
+    let mut silent = Vec::new();
+    for i in 0..64u8 {
+        let source = std::net::SocketAddr::from(([127, 0, 0, 2 + i % 8], 0));
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&source.into()).unwrap();
+        s.connect(&p.link_addr.into()).unwrap();
+        silent.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let a = account("after-silence");
+    let mut l = link(&f, &p);
+    assert!(l.welcome.leader);
+    register(&mut l, &f.fleet, &a, b"pw", &key(9));
+    assert_eq!(status(&mut l, &f.fleet, &a).state, RecordState::Registered);
+    // The silent ones were cut at the pre-authentication deadline (5 s).
+    std::thread::sleep(Duration::from_secs(6));
+    let mut buf = [0u8; 1];
+    let mut closed = 0;
+    for s in &silent {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut r: &socket2::Socket = s;
+        match std::io::Read::read(&mut r, &mut buf) {
+            Ok(0) => closed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(closed, silent.len());
+}

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod records;
 pub mod secret;
 pub mod shutdown;
+pub mod slots;
 
 /// Errors from this crate; each says what to fix.
 #[derive(Debug, thiserror::Error)]

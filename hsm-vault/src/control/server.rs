@@ -7,17 +7,15 @@
 //! send the request. A connection whose first message does not verify
 //! under any accepted operator key is dropped without an answer.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use protocol_spec::keys::{PublicKey, StaticSecret};
 use protocol_spec::limits::MAX_HANDSHAKE_MESSAGE;
 use protocol_spec::noise::Responder;
 use service_kit::records::{read_record, write_record};
 use service_kit::shutdown::Shutdown;
+use service_kit::slots::AddressSlots;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -57,7 +55,7 @@ pub async fn serve(
             "control.operator_keys is empty: no operator can change or inspect the group"
         );
     }
-    let conns: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let slots = AddressSlots::new(MAX_CONTROL_CONNS, MAX_CONTROL_CONNS_PER_IP);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -67,30 +65,17 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        {
-            let mut c = conns.lock();
-            let total: usize = c.values().sum();
-            let mine = c.entry(peer.ip()).or_default();
-            if total >= MAX_CONTROL_CONNS || *mine >= MAX_CONTROL_CONNS_PER_IP {
-                metrics::counter!("vault_control_refused_total", "reason" => "too_many")
-                    .increment(1);
-                continue;
-            }
-            *mine += 1;
-        }
-        let (ctx, conns) = (ctx.clone(), conns.clone());
+        let Some(slot) = slots.try_claim(peer.ip()) else {
+            metrics::counter!("vault_control_refused_total", "reason" => "too_many").increment(1);
+            continue;
+        };
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             if let Err(reason) = serve_one(stream, &ctx).await {
                 metrics::counter!("vault_control_refused_total", "reason" => reason).increment(1);
                 tracing::debug!(%peer, reason, "control connection refused");
             }
-            let mut c = conns.lock();
-            if let Some(n) = c.get_mut(&peer.ip()) {
-                *n -= 1;
-                if *n == 0 {
-                    c.remove(&peer.ip());
-                }
-            }
+            drop(slot);
         });
     }
 }

@@ -31,6 +31,7 @@ use protocol_spec::noise::{Initiator, Responder, Transport};
 use protocol_spec::PROTOCOL_VERSION;
 use serde::{Deserialize, Serialize};
 use service_kit::records::{read_record, write_record, RecordError};
+use service_kit::slots::AddressSlots;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -480,34 +481,22 @@ const MAX_CONFIRM_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn serve(listener: TcpListener, svc: PeerService) {
     let warn = Arc::new(WarnOnce::default());
-    let conns: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
+    let slots = AddressSlots::new(MAX_PEER_CONNS, MAX_PEER_CONNS_PER_IP);
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        {
-            let mut c = conns.lock();
-            let total: usize = c.values().sum();
-            let mine = c.entry(peer.ip()).or_default();
-            if total >= MAX_PEER_CONNS || *mine >= MAX_PEER_CONNS_PER_IP {
-                tracing::debug!(%peer, "peer connection refused: too many connections");
-                continue;
-            }
-            *mine += 1;
-        }
-        let (svc, conns, warn) = (svc.clone(), conns.clone(), warn.clone());
+        let Some(slot) = slots.try_claim(peer.ip()) else {
+            tracing::debug!(%peer, "peer connection refused: too many connections");
+            continue;
+        };
+        let (svc, warn) = (svc.clone(), warn.clone());
         tokio::spawn(async move {
             if let Err(e) = serve_peer(stream, &svc, &warn).await {
                 tracing::debug!(%peer, error = %e, "peer connection ended");
             }
-            let mut c = conns.lock();
-            if let Some(n) = c.get_mut(&peer.ip()) {
-                *n -= 1;
-                if *n == 0 {
-                    c.remove(&peer.ip());
-                }
-            }
+            drop(slot);
         });
     }
 }

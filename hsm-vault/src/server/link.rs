@@ -21,6 +21,7 @@ use protocol_spec::messages::WireMessage;
 use protocol_spec::noise::{Responder, Transport};
 use service_kit::records::{read_record, write_record};
 use service_kit::shutdown::Shutdown;
+use service_kit::slots::{AddressSlots, SlotGuard};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -50,8 +51,19 @@ impl std::fmt::Debug for LinkContext {
     }
 }
 
-/// Accepts links until shutdown. At most `max_links` run at once; more are
-/// closed at once.
+/// Connections waiting for their handshake, in all and from one address.
+/// Nothing before the handshake may hold a link slot: connections that
+/// never authenticate would lock chatd out (it shares no address with them
+/// in production, so the per-address bound keeps one source from taking
+/// every pre-authentication slot).
+pub const MAX_PRE_AUTH: usize = 128;
+pub const MAX_PRE_AUTH_PER_ADDRESS: usize = 8;
+/// The longest a connection may take to complete its handshake, whatever
+/// `link.handshake_timeout_secs` says.
+pub const MAX_PRE_AUTH_TIME: Duration = Duration::from_secs(5);
+
+/// Accepts links until shutdown. At most `max_links` authenticated links
+/// run at once; a link slot is taken only after the handshake.
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<LinkContext>,
@@ -59,6 +71,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<Shutdown>,
 ) {
     let slots = Arc::new(Semaphore::new(max_links));
+    let pre_auth = AddressSlots::new(MAX_PRE_AUTH, MAX_PRE_AUTH_PER_ADDRESS);
     let mut links = tokio::task::JoinSet::new();
     let for_links = shutdown.clone();
     loop {
@@ -72,18 +85,15 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "refusing link: max_links reached");
+                let Some(waiting) = pre_auth.try_claim(peer.ip()) else {
+                    metrics::counter!("vault_link_handshakes_total", "result" => "refused_pre_auth").increment(1);
                     drop(stream);
                     continue;
                 };
-                let ctx = ctx.clone();
+                let (ctx, slots) = (ctx.clone(), slots.clone());
                 let shutdown = for_links.clone();
                 links.spawn(async move {
-                    metrics::gauge!("vault_links").increment(1.0);
-                    run_link(stream, peer, ctx, shutdown).await;
-                    metrics::gauge!("vault_links").decrement(1.0);
-                    drop(permit);
+                    run_link(stream, peer, ctx, slots, waiting, shutdown).await;
                 });
             }
             changed = shutdown.changed() => {
@@ -151,18 +161,34 @@ async fn run_link(
     mut stream: TcpStream,
     peer: SocketAddr,
     ctx: Arc<LinkContext>,
+    slots: Arc<Semaphore>,
+    waiting: SlotGuard,
     shutdown: watch::Receiver<Shutdown>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (transport, hello) = match handshake(&mut stream, &ctx).await {
-        Ok(x) => x,
-        Err(reason) => {
+    let deadline = ctx.handshake_timeout.min(MAX_PRE_AUTH_TIME);
+    let shaken = tokio::time::timeout(deadline, handshake(&mut stream, &ctx)).await;
+    drop(waiting);
+    let (transport, hello) = match shaken {
+        Ok(Ok(x)) => x,
+        Ok(Err(reason)) => {
             metrics::counter!("vault_link_handshakes_total", "result" => "failed").increment(1);
             tracing::warn!(%peer, reason, "link handshake failed");
             return;
         }
+        Err(_) => {
+            metrics::counter!("vault_link_handshakes_total", "result" => "timeout").increment(1);
+            tracing::debug!(%peer, "link handshake not completed in time");
+            return;
+        }
+    };
+    let Ok(_permit) = slots.try_acquire_owned() else {
+        metrics::counter!("vault_link_handshakes_total", "result" => "max_links").increment(1);
+        tracing::warn!(%peer, chatd = %hello.chatd_instance, "refusing link: max_links reached");
+        return;
     };
     metrics::counter!("vault_link_handshakes_total", "result" => "ok").increment(1);
+    metrics::gauge!("vault_links").increment(1.0);
     tracing::info!(%peer, chatd = %hello.chatd_instance, "chatd link established");
     let transport: SharedTransport = Arc::new(Mutex::new(transport));
     let (read_half, write_half) = stream.into_split();
@@ -180,6 +206,7 @@ async fn run_link(
     drive(&ctx, in_rx, out_tx, shutdown).await;
     reader.abort();
     let _ = writer.await;
+    metrics::gauge!("vault_links").decrement(1.0);
     tracing::info!(%peer, "chatd link closed");
 }
 
