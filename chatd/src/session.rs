@@ -36,6 +36,12 @@ use crate::vault_link::ConnEvent;
 /// How often a draining connection checks whether it may close.
 pub const DRAIN_CHECK: Duration = Duration::from_millis(250);
 
+/// Requests one tunnel may carry (SPEC 4.5): enough for the longest
+/// operation (a status check, then a password change: login start and
+/// finish, registration start and finish), and a bound on what the budget
+/// rule below lets through.
+pub const MAX_REQUESTS_PER_TUNNEL: u32 = 8;
+
 /// The per-connection limits (from `[limits]`).
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
@@ -127,6 +133,8 @@ struct TunnelEntry<H> {
     handle: Option<H>,
     /// A client frame went to the vault and its answer has not come back.
     awaiting: bool,
+    /// Client frames relayed on this tunnel so far.
+    requests: u32,
 }
 
 /// One admitted connection.
@@ -255,7 +263,15 @@ impl<H> ClientSession<H> {
                     }
                     return;
                 };
-                if !budget.take_op(&self.account, now) {
+                entry.requests += 1;
+                // The budget is charged for every request, but only a
+                // tunnel's first request is refused when it is spent: a
+                // later one may finish an operation whose attempt the vault
+                // has already counted (a LoginFinish with the right
+                // password must never be turned away). The per-tunnel cap
+                // bounds what that lets through.
+                let within = budget.take_op(&self.account, now);
+                if entry.requests > MAX_REQUESTS_PER_TUNNEL || (!within && entry.requests == 1) {
                     return self.end_tunnel(tunnel, TunnelCloseCode::RateLimited);
                 }
                 entry.awaiting = true;
@@ -300,6 +316,7 @@ impl<H> ClientSession<H> {
             TunnelEntry {
                 handle: None,
                 awaiting: true,
+                requests: 0,
             },
         );
         self.actions.push_back(ConnAction::OpenTunnel {

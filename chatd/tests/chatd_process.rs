@@ -738,3 +738,37 @@ async fn concurrent_tunnel_opens_keep_link_ids_in_order() {
         "a vault link was retired"
     );
 }
+
+/// The account's budget may run out between a LoginStart and its
+/// LoginFinish; the right password still logs in (its attempt is already
+/// counted), while new tunnels are refused until the budget refills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_right_login_finish_past_the_budget_still_logs_in() {
+    // Registration takes 3 operations (open, start, finish), the login's
+    // open and LoginStart 2 more: its LoginFinish is the 6th.
+    let s = stack_with(
+        ChatdOptions {
+            extra_limits: "vault_ops_per_minute = 5".into(),
+            ..ChatdOptions::default()
+        },
+        VaultOptions::default(),
+    );
+    let dev = device(7);
+    let mut c = s.enrolled("budget", &dev).await;
+    let k = RootKey::from_entropy([5; 30]);
+    s.register(&mut c, "budget", b"right password", &k).await;
+    let (got, _) = s
+        .login(&mut c, "budget", b"right password")
+        .await
+        .expect("the LoginFinish past the budget is relayed");
+    assert_eq!(got, k);
+    // The budget is spent: the next tunnel is refused, retryably.
+    let e = c
+        .open_tunnel(&s.vault.fleet.tunnel_key, &s.vault.fleet.fleet_id)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::TunnelClosed(TunnelCloseCode::RateLimited)),
+        "{e:?}"
+    );
+}

@@ -257,12 +257,54 @@ fn opens_beyond_the_limits_are_refused_with_their_codes() {
         h.drain().to_client,
         vec![closed(2, TunnelCloseCode::RateLimited)]
     );
-    // A frame over the budget ends its tunnel on both sides.
+    // A tunnel's first request over the budget ends it on both sides.
     h.data(secs(0), 1);
     let out = h.drain();
     assert_eq!(out.to_client, vec![closed(1, TunnelCloseCode::RateLimited)]);
     assert_eq!(out.vault_closes, vec![(10, TunnelCloseCode::RateLimited)]);
     assert!(out.to_vault.is_empty());
+}
+
+/// A LoginFinish must get through even when the budget ran out after its
+/// LoginStart: the attempt is already counted, and refusing the right
+/// password would waste it. chatd cannot tell a LoginFinish from other
+/// requests, so no request after a tunnel's first is refused by the
+/// budget; the per-tunnel cap bounds them instead.
+#[test]
+fn the_request_that_finishes_a_counted_attempt_is_never_refused_by_the_budget() {
+    let mut h = harness();
+    h.budget = Budget::of(2); // the open and the LoginStart
+    h.opened(secs(0), 1);
+    h.data(secs(0), 1); // LoginStart
+    h.s.on_vault_event(
+        h.t0,
+        ConnEvent::Data {
+            tunnel: TunnelId(1),
+            payload: b"ke2".to_vec(),
+            received: h.t0,
+        },
+    );
+    let _ = h.drain();
+    h.data(secs(1), 1); // LoginFinish, past the budget
+    let out = h.drain();
+    assert_eq!(out.to_vault, vec![TunnelId(1)], "relayed");
+    assert!(out.to_client.is_empty() && out.finish.is_none(), "{out:?}");
+    // A new tunnel is refused, as is a new tunnel's first request.
+    h.open(secs(1), 2);
+    assert_eq!(
+        h.drain().to_client,
+        vec![closed(2, TunnelCloseCode::RateLimited)]
+    );
+    // One tunnel carries at most MAX_REQUESTS_PER_TUNNEL requests.
+    let mut h = harness();
+    h.opened(secs(0), 1);
+    for _ in 0..MAX_REQUESTS_PER_TUNNEL {
+        h.data(secs(0), 1);
+        assert_eq!(h.drain().to_vault.len(), 1);
+    }
+    h.data(secs(0), 1);
+    let out = h.drain();
+    assert_eq!(out.to_client, vec![closed(1, TunnelCloseCode::RateLimited)]);
 }
 
 #[test]
