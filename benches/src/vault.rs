@@ -194,6 +194,7 @@ impl BenchVault {
                 fleet_id: fleet.clone(),
                 max_attempts: u32::MAX,
                 login_timeout: Duration::from_secs(3600),
+                account_limits: hsm_vault::core::limits::AccountLimits::off(),
             },
         );
         let mut registered = accounts.iter().map(|name| {

@@ -50,6 +50,7 @@ fn params(fleet: &FleetId) -> VaultParams {
         fleet_id: fleet.clone(),
         max_attempts: MAX,
         login_timeout: Duration::from_secs(60),
+    account_limits: hsm_vault::core::limits::AccountLimits::off(),
     }
 }
 

@@ -36,6 +36,7 @@ pub struct VaultConfig {
     /// Requests that may wait for a worker before new ones are refused with
     /// `overloaded`.
     pub max_queued_requests: usize,
+    pub limits: LimitsConfig,
     pub hsm: HsmConfig,
     pub link: LinkConfig,
     pub admin: AdminConfig,
@@ -78,6 +79,28 @@ impl Default for RaftConfig {
             election_timeout_max_ms: 1000,
             snapshot_every: 5000,
             commit_timeout_secs: 5,
+        }
+    }
+}
+
+/// Per-account limits the leader enforces for every chatd together (0
+/// turns one off). They slow guessing and escrow churn; the attempt limit
+/// itself is `max_attempts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Login starts per account per minute.
+    pub login_starts_per_minute: u32,
+    /// Replacements (`enable --password --replace`) per account per hour.
+    pub replacements_per_hour: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = crate::core::limits::AccountLimits::default();
+        LimitsConfig {
+            login_starts_per_minute: d.login_starts_per_minute,
+            replacements_per_hour: d.replacements_per_hour,
         }
     }
 }
@@ -168,6 +191,7 @@ impl Default for VaultConfig {
             login_timeout_secs: 60,
             workers: 8,
             max_queued_requests: 1024,
+            limits: LimitsConfig::default(),
             hsm: HsmConfig::default(),
             link: LinkConfig::default(),
             admin: AdminConfig::listening_on("127.0.0.1:7180"),

@@ -717,3 +717,33 @@ fn silent_connections_to_the_link_port_do_not_keep_chatd_out() {
     }
     assert_eq!(closed, silent.len());
 }
+
+/// Per-account limits live at the vault, where every chatd's traffic
+/// meets: two links (two chatd processes) together get one budget of login
+/// starts, and a start refused for it spends no attempt.
+#[test]
+fn two_front_ends_together_get_one_budget_of_login_starts() {
+    let f = VaultFixture::init(VaultOptions {
+        max_attempts: 50,
+        login_starts_per_minute: 4,
+        ..VaultOptions::default()
+    });
+    let p = f.spawn();
+    let a = account("budgeted");
+    let mut one = link(&f, &p);
+    let mut two = link(&f, &p);
+    register(&mut one, &f.fleet, &a, b"pw", &key(2));
+    let mut started = 0;
+    let mut limited = 0;
+    for i in 0..8 {
+        let l = if i % 2 == 0 { &mut one } else { &mut two };
+        match login_start_only(l, &f.fleet, &a).unwrap() {
+            VaultResponse::LoginStarted { .. } => started += 1,
+            VaultResponse::Error(VaultErrorCode::RateLimited) => limited += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((started, limited), (4, 4));
+    // Only the four that started were counted.
+    assert_eq!(status(&mut two, &f.fleet, &a).attempts_remaining, 46);
+}

@@ -111,6 +111,7 @@ code_table! {
         Internal = 7, "internal", true, "internal vault error";
         RecordChanged = 8, "record_changed", false, "the registration changed during this operation; start again";
         IntegrityFailure = 9, "integrity_failure", false, "stored record failed its integrity check";
+        RateLimited = 10, "rate_limited", true, "too many operations on this account; retry later";
     }
 }
 

@@ -73,6 +73,8 @@ pub fn write_config(
              tunnel_idle_timeout_secs = {}\n\
              max_tunnels_per_link = {}\n\
              handshake_timeout_secs = 5\n\
+             [limits]\n\
+             login_starts_per_minute = {}\n\
              [admin]\n\
              listen = \"127.0.0.1:{}\"\n\
              [log]\n\
@@ -90,6 +92,7 @@ pub fn write_config(
             chatd_key.to_hex(),
             opts.tunnel_idle_timeout_secs,
             opts.max_tunnels_per_link,
+            opts.login_starts_per_minute,
             admin_port,
             opts.extra,
         ),
@@ -149,6 +152,10 @@ pub struct VaultProcess {
 #[derive(Debug, Clone)]
 pub struct VaultOptions {
     pub max_attempts: u32,
+    /// The vault's per-account login-start budget; 0 (the default here)
+    /// turns it off, so tests of other rules can log in as fast as they
+    /// like.
+    pub login_starts_per_minute: u32,
     pub login_timeout_secs: u64,
     pub tunnel_idle_timeout_secs: u64,
     pub max_tunnels_per_link: u32,
@@ -165,6 +172,7 @@ impl Default for VaultOptions {
     fn default() -> Self {
         VaultOptions {
             max_attempts: 5,
+            login_starts_per_minute: 0,
             login_timeout_secs: 60,
             tunnel_idle_timeout_secs: 120,
             max_tunnels_per_link: 10_000,

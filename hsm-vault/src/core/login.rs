@@ -10,6 +10,7 @@ use protocol_spec::messages::vault::VaultResponse;
 use protocol_spec::opaque::{self, Suite};
 
 use super::access::{vault_error, Commit, Pass};
+use super::limits::Limited;
 use super::session::{PendingLogin, SessionState};
 use super::{Failpoint, Now, Vault, VaultSession};
 use crate::entropy::RngAdapter;
@@ -38,6 +39,13 @@ impl Vault {
             return Ok(vault_error(VaultErrorCode::BadRequest));
         };
         let account = session.account.clone();
+        // Before anything is counted: a refused start spends no attempt.
+        if !self
+            .limiter
+            .allow(&account, Limited::LoginStart, now.instant)
+        {
+            return Ok(vault_error(VaultErrorCode::RateLimited));
+        }
         let _guard = self.lock(&account);
         let max = self.params.max_attempts;
         // The first read may be stale (no quorum round): whatever it leads

@@ -26,6 +26,7 @@
 //! threads, never from an async runtime's workers.
 
 mod access;
+pub mod limits;
 mod login;
 mod registration;
 mod session;
@@ -75,6 +76,8 @@ pub struct VaultParams {
     pub fleet_id: FleetId,
     pub max_attempts: u32,
     pub login_timeout: Duration,
+    /// Per-account rate limits (not part of the attempt rule).
+    pub account_limits: limits::AccountLimits,
 }
 
 /// The time, as the driver reads it: monotonic for deadlines, wall clock
@@ -128,6 +131,7 @@ pub struct Vault {
     /// touch erases it (SPEC.md 8.4).
     last_attempts_in_flight: Mutex<HashSet<(AccountId, RegistrationNonce)>>,
     failpoint: Option<FailpointHook>,
+    limiter: limits::AccountLimiter,
 }
 
 impl std::fmt::Debug for Vault {
@@ -141,6 +145,7 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     pub fn new(platform: Platform, setup: ServerSetup<Suite>, params: VaultParams) -> Self {
         Vault {
+            limiter: limits::AccountLimiter::new(params.account_limits),
             platform,
             setup,
             params,

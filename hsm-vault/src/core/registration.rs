@@ -9,6 +9,7 @@ use protocol_spec::messages::vault::{RegistrationMode, VaultResponse};
 use protocol_spec::opaque::{self, Suite, REGISTRATION_NONCE_LEN};
 
 use super::access::{vault_error, Commit, Current, Pass};
+use super::limits::Limited;
 use super::session::{PendingRegistration, SessionState};
 use super::{Now, Vault, VaultSession};
 use crate::state::record::{RecordBody, Registration};
@@ -52,7 +53,15 @@ impl Vault {
                     Some(_) => None,
                 }
             }
-            RegistrationMode::Replace => None,
+            RegistrationMode::Replace => {
+                if !self
+                    .limiter
+                    .allow(&session.account, Limited::Replace, now.instant)
+                {
+                    return Ok(vault_error(VaultErrorCode::RateLimited));
+                }
+                None
+            }
         };
         let mut nonce = [0u8; REGISTRATION_NONCE_LEN];
         self.platform.entropy.fill(&mut nonce)?;

@@ -49,6 +49,7 @@ fn fixture_with(setup: ServerSetup<Suite>, log: Arc<MemoryRecords>) -> Fixture {
             fleet_id: fleet.clone(),
             max_attempts: MAX,
             login_timeout: Duration::from_secs(60),
+            account_limits: super::limits::AccountLimits::off(),
         },
     );
     Fixture {

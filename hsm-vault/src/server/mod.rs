@@ -157,6 +157,10 @@ impl Replica {
                 fleet_id: opened.secrets.fleet_id.clone(),
                 max_attempts: opened.secrets.params.max_attempts,
                 login_timeout: Duration::from_secs(cfg.login_timeout_secs),
+                account_limits: crate::core::limits::AccountLimits {
+                    login_starts_per_minute: cfg.limits.login_starts_per_minute,
+                    replacements_per_hour: cfg.limits.replacements_per_hour,
+                },
             },
         );
         Ok(Replica {
