@@ -20,7 +20,7 @@ use protocol_spec::messages::WireMessage;
 use protocol_spec::noise::{Responder, Transport};
 use service_kit::shutdown::Shutdown;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{self, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -33,6 +33,7 @@ use crate::config::ChatdConfig;
 use crate::directory::Directory;
 use crate::leader::VaultLinks;
 use crate::rate_limits::{AccountLimits, ConnectionSlot, SourceLimiter};
+use crate::revocations::{RevocationEvent, RevocationFeed};
 use crate::session::{ClientSession, ConnAction, DeviceCheck, Inbound, OpBudget, SessionLimits};
 use crate::vault_link::{ConnEvent, TunnelHandle};
 
@@ -46,6 +47,7 @@ pub struct Frontend {
     pub links: VaultLinks,
     pub sources: SourceLimiter,
     pub accounts: Arc<AccountLimits>,
+    pub revocations: RevocationFeed,
     pub shutdown: watch::Receiver<Shutdown>,
     pub connections: AtomicUsize,
 }
@@ -83,6 +85,8 @@ fn http_refusal(r: Refusal) -> ErrorResponse {
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, fe: Arc<Frontend>) {
     let _ = stream.set_nodelay(true);
+    // Before the device is checked, so a revocation in between is heard.
+    let revocations = fe.revocations.subscribe();
     let limits = &fe.cfg.limits;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(limits.handshake_timeout_secs);
     let draining = *fe.shutdown.borrow() != Shutdown::Running;
@@ -126,7 +130,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, fe: Arc<Frontend>) {
     )
     .increment(1);
     metrics::gauge!("chatd_connections").increment(1.0);
-    let code = drive(&mut ws, &fe, admitted).await;
+    let code = drive(&mut ws, &fe, admitted, revocations).await;
     metrics::gauge!("chatd_connections").decrement(1.0);
     if let Some(code) = code {
         close(&mut ws, code).await;
@@ -256,7 +260,12 @@ fn session_limits(cfg: &ChatdConfig) -> SessionLimits {
 
 /// The connection's loop. Returns the close code to send, if any. Every
 /// tunnel's vault side is closed before it returns.
-async fn drive(ws: &mut Ws, fe: &Arc<Frontend>, a: Admitted) -> Option<CloseCode> {
+async fn drive(
+    ws: &mut Ws,
+    fe: &Arc<Frontend>,
+    a: Admitted,
+    mut revocations: broadcast::Receiver<RevocationEvent>,
+) -> Option<CloseCode> {
     let Admitted {
         account,
         device,
@@ -264,8 +273,13 @@ async fn drive(ws: &mut Ws, fe: &Arc<Frontend>, a: Admitted) -> Option<CloseCode
         slot: _slot,
         ..
     } = a;
-    let mut session: ClientSession<TunnelHandle> =
-        ClientSession::new(account, transport, session_limits(&fe.cfg), Instant::now());
+    let mut session: ClientSession<TunnelHandle> = ClientSession::new(
+        account,
+        device,
+        transport,
+        session_limits(&fe.cfg),
+        Instant::now(),
+    );
     let (events_tx, mut events_rx) = mpsc::channel::<ConnEvent>(fe.cfg.limits.outbound_queue);
     let slow = Duration::from_secs(fe.cfg.limits.slow_consumer_secs);
     let mut shutdown = fe.shutdown.clone();
@@ -339,6 +353,11 @@ async fn drive(ws: &mut Ws, fe: &Arc<Frontend>, a: Admitted) -> Option<CloseCode
             msg = ws.next() => session.on_client(Instant::now(), inbound(msg), fe.accounts.as_ref()),
             Some(ev) = events_rx.recv() => session.on_vault_event(Instant::now(), ev),
             _ = sleep_until(wake) => session.handle_timeout(Instant::now()),
+            heard = revocations.recv() => match heard {
+                Ok(event) => session.on_revocation(&event),
+                Err(broadcast::error::RecvError::Lagged(_)) => session.recheck_now(),
+                Err(broadcast::error::RecvError::Closed) => session.on_revocation(&RevocationEvent::DirectoryDown),
+            },
             changed = shutdown.changed() => {
                 let level = if changed.is_err() { Shutdown::Fast } else { *shutdown.borrow_and_update() };
                 session.on_shutdown(Instant::now(), level);

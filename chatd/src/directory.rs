@@ -40,6 +40,15 @@ pub enum Enrolment {
     DeviceRevoked,
 }
 
+/// A revocation as the directory recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub seq: u64,
+    pub account: AccountId,
+    /// One device, or (`None`) every device of the account.
+    pub device: Option<PublicKey>,
+}
+
 /// One account, for listings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AccountSummary {
@@ -65,6 +74,12 @@ use serde::Serialize;
 pub trait Directory: Send + Sync {
     fn device_status(&self, account: &AccountId, device: &PublicKey)
         -> Result<DeviceStatus, Error>;
+    /// Revocations recorded after `seq` (0: all), oldest first, at most
+    /// `limit`. Every revocation gets a sequence number, so each chatd
+    /// process sharing the directory can follow them.
+    fn revocations_after(&self, seq: u64, limit: usize) -> Result<Vec<Revocation>, Error>;
+    /// The sequence number of the latest revocation (0: none yet).
+    fn latest_revocation(&self) -> Result<u64, Error>;
     /// Atomically consumes `code` for `account` and enrols `device`.
     fn enrol(
         &self,
@@ -137,6 +152,12 @@ impl SqliteDirectory {
                  enrolled_at INTEGER NOT NULL,
                  revoked_at  INTEGER,
                  PRIMARY KEY (account, device_key)
+             );
+             CREATE TABLE IF NOT EXISTS revocations (
+                 seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+                 account    TEXT NOT NULL,
+                 device_key TEXT,
+                 at         INTEGER NOT NULL
              );
              CREATE TABLE IF NOT EXISTS enrolment_codes (
                  code_hash  TEXT PRIMARY KEY,
@@ -222,6 +243,13 @@ impl SqliteDirectory {
                 .map_err(db_err)?
             }
         };
+        // Connected chatd processes follow this table and close the
+        // connections of what was revoked.
+        tx.execute(
+            "INSERT INTO revocations (account, device_key, at) VALUES (?1, ?2, ?3)",
+            params![account.as_str(), device.map(|d| d.to_hex()), now],
+        )
+        .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(n)
     }
@@ -270,6 +298,46 @@ impl SqliteDirectory {
 }
 
 impl Directory for SqliteDirectory {
+    fn revocations_after(&self, seq: u64, limit: usize) -> Result<Vec<Revocation>, Error> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, account, device_key FROM revocations WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![seq as i64, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, account, device) = row.map_err(db_err)?;
+            let corrupt = || Error::Directory(format!("revocation {seq} is malformed"));
+            out.push(Revocation {
+                seq: seq as u64,
+                account: AccountId::new(account).map_err(|_| corrupt())?,
+                device: match device {
+                    Some(d) => Some(PublicKey::from_hex(&d).map_err(|_| corrupt())?),
+                    None => None,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    fn latest_revocation(&self) -> Result<u64, Error> {
+        let conn = self.conn.lock();
+        let seq: Option<i64> = conn
+            .query_row("SELECT MAX(seq) FROM revocations", [], |r| r.get(0))
+            .map_err(db_err)?;
+        Ok(seq.unwrap_or(0) as u64)
+    }
+
     fn device_status(
         &self,
         account: &AccountId,

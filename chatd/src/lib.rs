@@ -15,7 +15,8 @@
 //! | [`leader`] | following the vault leader: the pool of links to it |
 //! | [`vault_link`] | one Noise_KK link to a replica, and the tunnel handles connections hold |
 //! | [`link_tunnels`] | the tunnels of one link as a sans-IO table (ids, routes, vault frames) |
-//! | [`directory`] | accounts, device keys, enrolment codes (SQLite) |
+//! | [`directory`] | accounts, device keys, enrolment codes, revocations (SQLite) |
+//! | [`revocations`] | following revocations so open connections close within a second |
 //! | [`rate_limits`] | token buckets: per address, per connection, per account |
 //! | [`config`], [`keys`] | the TOML configuration; chatd's key files |
 //!
@@ -34,6 +35,7 @@ pub mod keys;
 pub mod leader;
 pub mod link_tunnels;
 pub mod rate_limits;
+pub mod revocations;
 pub mod server;
 pub mod session;
 pub mod vault_link;

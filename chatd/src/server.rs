@@ -17,9 +17,10 @@ use tokio::sync::watch;
 
 use crate::config::ChatdConfig;
 use crate::conn::{self, Frontend};
-use crate::directory::SqliteDirectory;
+use crate::directory::{Directory, SqliteDirectory};
 use crate::leader::VaultLinks;
 use crate::rate_limits::{AccountLimits, SourceLimiter};
+use crate::revocations::RevocationFeed;
 use crate::vault_link::LinkSettings;
 use crate::{keys, Error};
 
@@ -53,9 +54,12 @@ pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
         )
     })?;
     let dir_path = cfg.directory_path();
-    let directory = tokio::task::spawn_blocking(move || SqliteDirectory::open(&dir_path))
-        .await
-        .map_err(|e| Error::Directory(e.to_string()))??;
+    let directory: Arc<dyn Directory> = Arc::new(
+        tokio::task::spawn_blocking(move || SqliteDirectory::open(&dir_path))
+            .await
+            .map_err(|e| Error::Directory(e.to_string()))??,
+    );
+    let revocations = RevocationFeed::start(directory.clone(), shutdown.clone()).await?;
     let links = VaultLinks::start(
         LinkSettings {
             replicas: cfg.vault.replicas.clone(),
@@ -85,7 +89,8 @@ pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
         )),
         cfg: cfg.clone(),
         static_key,
-        directory: Arc::new(directory),
+        directory,
+        revocations,
         links: links.clone(),
         shutdown: shutdown.clone(),
         connections: AtomicUsize::new(0),

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use protocol_spec::codes::{CloseCode, TunnelCloseCode};
 use protocol_spec::ids::{AccountId, TunnelId};
+use protocol_spec::keys::PublicKey;
 use protocol_spec::messages::chatd::{ClientFrame, ServerFrame};
 use protocol_spec::messages::WireMessage;
 use protocol_spec::noise::Transport;
@@ -31,16 +32,11 @@ use service_kit::shutdown::Shutdown;
 
 use crate::directory::DeviceStatus;
 use crate::rate_limits::TokenBucket;
+use crate::revocations::RevocationEvent;
 use crate::vault_link::ConnEvent;
 
 /// How often a draining connection checks whether it may close.
 pub const DRAIN_CHECK: Duration = Duration::from_millis(250);
-
-/// Requests one tunnel may carry (SPEC 4.5): enough for the longest
-/// operation (a status check, then a password change: login start and
-/// finish, registration start and finish), and a bound on what the budget
-/// rule below lets through.
-pub const MAX_REQUESTS_PER_TUNNEL: u32 = 8;
 
 /// The per-connection limits (from `[limits]`).
 #[derive(Debug, Clone)]
@@ -140,6 +136,7 @@ struct TunnelEntry<H> {
 /// One admitted connection.
 pub struct ClientSession<H> {
     account: AccountId,
+    device: PublicKey,
     transport: Transport,
     limits: SessionLimits,
     tunnels: HashMap<TunnelId, TunnelEntry<H>>,
@@ -167,6 +164,7 @@ impl<H> std::fmt::Debug for ClientSession<H> {
 impl<H> ClientSession<H> {
     pub fn new(
         account: AccountId,
+        device: PublicKey,
         transport: Transport,
         limits: SessionLimits,
         now: Instant,
@@ -175,6 +173,7 @@ impl<H> ClientSession<H> {
             messages: TokenBucket::new(limits.messages_per_sec, limits.message_burst, now),
             next_recheck: now + limits.revocation_check,
             account,
+            device,
             transport,
             limits,
             tunnels: HashMap::new(),
@@ -268,10 +267,12 @@ impl<H> ClientSession<H> {
                 // tunnel's first request is refused when it is spent: a
                 // later one may finish an operation whose attempt the vault
                 // has already counted (a LoginFinish with the right
-                // password must never be turned away). The per-tunnel cap
-                // bounds what that lets through.
+                // password must never be turned away). What that lets
+                // through is bounded by the connection's frame rate, and
+                // what matters most (login starts, replacements) by the
+                // vault's own per-account limits.
                 let within = budget.take_op(&self.account, now);
-                if entry.requests > MAX_REQUESTS_PER_TUNNEL || (!within && entry.requests == 1) {
+                if !within && entry.requests == 1 {
                     return self.end_tunnel(tunnel, TunnelCloseCode::RateLimited);
                 }
                 entry.awaiting = true;
@@ -391,8 +392,29 @@ impl<H> ClientSession<H> {
                 tracing::info!(account = %self.account, "device revoked; closing its connection");
                 self.finish(Some(CloseCode::DeviceRevoked));
             }
-            // A directory hiccup is not the client's fault; check again later.
-            DeviceCheck::Failed => {}
+            // Fail closed: a device that cannot be checked may have been
+            // revoked. The close is retryable; the handshake checks again.
+            DeviceCheck::Failed => self.finish(Some(CloseCode::InternalError)),
+        }
+    }
+
+    /// A revocation this process heard of (any account's).
+    pub fn on_revocation(&mut self, event: &RevocationEvent) {
+        if !event.ends(&self.account, &self.device) {
+            return;
+        }
+        match event {
+            RevocationEvent::Revoked { .. } => {
+                self.on_device_status(DeviceCheck::Status(DeviceStatus::Revoked))
+            }
+            RevocationEvent::DirectoryDown => self.on_device_status(DeviceCheck::Failed),
+        }
+    }
+
+    /// Revocations were missed (the feed overflowed): check the device now.
+    pub fn recheck_now(&mut self) {
+        if !self.finished {
+            self.actions.push_back(ConnAction::CheckDevice);
         }
     }
 

@@ -772,3 +772,67 @@ async fn a_right_login_finish_past_the_budget_still_logs_in() {
         "{e:?}"
     );
 }
+
+/// A device revoked while connected can do nothing more within a second,
+/// on every chatd process that shares the directory (two here, on one
+/// port), whichever process its connection reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_cut_within_a_second_by_every_chatd_sharing_the_directory() {
+    let vault = VaultFixture::init(VaultOptions::default());
+    let vault_proc = vault.spawn();
+    let chatd = ChatdFixture::new(
+        &vault,
+        &[vault_proc.link_addr],
+        ChatdOptions {
+            port: testkit::free_port(),
+            extra_listen: "reuse_port = true".into(),
+            ..ChatdOptions::default()
+        },
+    );
+    let procs = [chatd.spawn(), chatd.spawn()];
+    let endpoint = Endpoint {
+        url: procs[0].url(),
+        chatd_key: chatd.static_key,
+        account: AccountId::new("revokee").unwrap(),
+    };
+    let mut conns = Vec::new();
+    for i in 0..6u8 {
+        let code = EnrolmentCode::new(chatd.invite("revokee")).unwrap();
+        let c = Connection::connect(&endpoint, &device(40 + i), Some(code))
+            .await
+            .unwrap();
+        conns.push(c);
+    }
+    async fn status(
+        c: &mut Connection,
+        key: protocol_spec::keys::PublicKey,
+        fleet: &protocol_spec::ids::FleetId,
+    ) -> Result<protocol_spec::messages::vault::VaultResponse, ClientError> {
+        let mut t = c.open_tunnel(&key, fleet).await?;
+        let r = c.request(&mut t, &VaultRequest::Status).await?;
+        c.close_tunnel(t).await?;
+        Ok(r)
+    }
+    let (key, fleet) = (vault.fleet.tunnel_key, vault.fleet.fleet_id.clone());
+    for c in &mut conns {
+        status(c, key, &fleet)
+            .await
+            .expect("works before the revocation");
+    }
+    let out = chatd
+        .command()
+        .args(["accounts", "revoke", "revokee"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for c in &mut conns {
+        let e = status(c, key, &fleet)
+            .await
+            .expect_err("nothing after a revocation");
+        assert_eq!(close_code(&e), Some(CloseCode::DeviceRevoked), "{e:?}");
+    }
+    for p in &procs {
+        assert!(p.log().contains("revocation seen"), "{}", p.log());
+    }
+}

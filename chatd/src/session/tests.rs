@@ -67,7 +67,13 @@ fn harness_with(limits: SessionLimits) -> Harness {
     let t0 = Instant::now();
     Harness {
         client,
-        s: ClientSession::new(AccountId::new("alice").unwrap(), server, limits, t0),
+        s: ClientSession::new(
+            AccountId::new("alice").unwrap(),
+            device.public_key(),
+            server,
+            limits,
+            t0,
+        ),
         t0,
         budget: Budget::of(1000),
     }
@@ -269,7 +275,7 @@ fn opens_beyond_the_limits_are_refused_with_their_codes() {
 /// LoginStart: the attempt is already counted, and refusing the right
 /// password would waste it. chatd cannot tell a LoginFinish from other
 /// requests, so no request after a tunnel's first is refused by the
-/// budget; the per-tunnel cap bounds them instead.
+/// budget.
 #[test]
 fn the_request_that_finishes_a_counted_attempt_is_never_refused_by_the_budget() {
     let mut h = harness();
@@ -295,16 +301,6 @@ fn the_request_that_finishes_a_counted_attempt_is_never_refused_by_the_budget() 
         h.drain().to_client,
         vec![closed(2, TunnelCloseCode::RateLimited)]
     );
-    // One tunnel carries at most MAX_REQUESTS_PER_TUNNEL requests.
-    let mut h = harness();
-    h.opened(secs(0), 1);
-    for _ in 0..MAX_REQUESTS_PER_TUNNEL {
-        h.data(secs(0), 1);
-        assert_eq!(h.drain().to_vault.len(), 1);
-    }
-    h.data(secs(0), 1);
-    let out = h.drain();
-    assert_eq!(out.to_client, vec![closed(1, TunnelCloseCode::RateLimited)]);
 }
 
 #[test]
@@ -390,14 +386,42 @@ fn the_device_is_rechecked_and_a_revoked_one_is_closed() {
     h.s.on_client(h.t0 + RECHECK, Inbound::Liveness, &h.budget);
     h.s.handle_timeout(h.t0 + RECHECK);
     assert_eq!(h.drain().checks, 1);
-    h.s.on_device_status(DeviceCheck::Failed);
     h.s.on_device_status(DeviceCheck::Status(DeviceStatus::Enrolled));
-    assert!(
-        h.drain().finish.is_none(),
-        "a directory hiccup is not the client's fault"
-    );
+    assert!(h.drain().finish.is_none());
     h.s.on_device_status(DeviceCheck::Status(DeviceStatus::Revoked));
     assert_eq!(h.drain().finish, Some(Some(CloseCode::DeviceRevoked)));
+    // A device that cannot be checked may be revoked: fail closed,
+    // retryably.
+    let mut h = harness();
+    h.s.on_device_status(DeviceCheck::Failed);
+    assert_eq!(h.drain().finish, Some(Some(CloseCode::InternalError)));
+}
+
+#[test]
+fn a_revocation_heard_closes_only_the_connection_it_names() {
+    let mine = StaticSecret::from_bytes([1; 32]).public_key();
+    let alice = AccountId::new("alice").unwrap();
+    let mut h = harness();
+    h.s.on_revocation(&RevocationEvent::Revoked {
+        account: AccountId::new("bob").unwrap(),
+        device: None,
+    });
+    h.s.on_revocation(&RevocationEvent::Revoked {
+        account: alice.clone(),
+        device: Some(StaticSecret::from_bytes([3; 32]).public_key()),
+    });
+    assert!(h.drain().finish.is_none());
+    h.s.on_revocation(&RevocationEvent::Revoked {
+        account: alice,
+        device: Some(mine),
+    });
+    assert_eq!(h.drain().finish, Some(Some(CloseCode::DeviceRevoked)));
+    let mut h = harness();
+    h.s.on_revocation(&RevocationEvent::DirectoryDown);
+    assert_eq!(h.drain().finish, Some(Some(CloseCode::InternalError)));
+    let mut h = harness();
+    h.s.recheck_now();
+    assert_eq!(h.drain().checks, 1);
 }
 
 #[test]
