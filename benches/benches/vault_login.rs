@@ -35,11 +35,11 @@ use e2ebk_benches::vault::{
     fleet_secrets, ke1_messages, memory_log, redb_log, redb_store, sample_record_body, BenchVault,
     HsmToken, PrecomputedLogin,
 };
-use hsm_vault::command::Command;
 use hsm_vault::hsm::Hsm;
-use hsm_vault::record::{record_aad, StoredRecord};
 use hsm_vault::seal::{random_iv, Sealer, SoftSealer};
 use hsm_vault::secrets::FleetSecrets;
+use hsm_vault::state::command::Command;
+use hsm_vault::state::record::{record_aad, StoredRecord};
 use opaque_ke::CredentialRequest;
 use protocol_spec::ids::AccountId;
 use protocol_spec::opaque::Suite;
