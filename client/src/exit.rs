@@ -6,6 +6,7 @@
 //! never carry any.
 
 use protocol_spec::codes::{CloseCode, TunnelCloseCode, VaultErrorCode};
+use protocol_spec::error::PasswordError;
 
 use crate::backup::BackupIoError;
 use crate::error::ClientError;
@@ -89,8 +90,8 @@ pub fn exit_for(e: &ClientError) -> Exit {
         },
         ClientError::Profile(_) => Exit::LocalFile,
         ClientError::NoDeviceKey { .. } => Exit::NotEnrolled,
-        ClientError::LoginInterrupted { source } => exit_for(source),
-        ClientError::Input(_) | ClientError::KeyText(_) => Exit::Usage,
+        ClientError::LoginInterrupted { source, .. } => exit_for(source),
+        ClientError::Input(_) | ClientError::KeyText(_) | ClientError::Password(_) => Exit::Usage,
         ClientError::NoBackupKey => Exit::NotEnabled,
         ClientError::RegistrationUnknown => Exit::Unavailable,
         ClientError::Cancelled => Exit::Other,
@@ -135,9 +136,26 @@ pub fn explain(e: &ClientError) -> String {
         ClientError::KeyText(k) => format!(
             "{k}; type the 64-digit key again exactly as written down (spaces and dashes are ignored)"
         ),
-        ClientError::LoginInterrupted { source } => format!(
+        ClientError::LoginInterrupted {
+            source,
+            last_attempt: false,
+        } => format!(
             "{} (it happened during the password check, so one password attempt may have been used)",
             explain(source)
+        ),
+        // Not "try again": the key may be gone, and if it is not, the next
+        // try is the last attempt again.
+        ClientError::LoginInterrupted {
+            source,
+            last_attempt: true,
+        } => format!(
+            "{source} during the password check on the last password attempt, so the vault may now have erased the escrowed backup key: run `backupctl status` to see whether it is still registered (the attempt was not counted) or locked (the key is gone for good)"
+        ),
+        ClientError::Password(PasswordError::Empty) => {
+            "the password is empty; type the password (or pipe it in, one line)".into()
+        }
+        ClientError::Password(p) => format!(
+            "{p}; nothing was sent and no password attempt was used: a password must be one line of characters every device can type, so type it again without that character"
         ),
         ClientError::RegistrationUnknown => format!(
             "{e}; run `backupctl status`: if it says registered, run `backupctl enable --password --replace` to make sure the vault holds this device's key, otherwise try again"
@@ -184,11 +202,35 @@ mod tests {
             ClientError::Flow(FlowError::Vault(VaultErrorCode::Unavailable)),
             ClientError::LoginInterrupted {
                 source: Box::new(ClientError::Dropped),
+                last_attempt: false,
             },
         ] {
             assert_eq!(exit_for(&e), Exit::Unavailable, "{e:?}");
             assert!(explain(&e).contains("try again"), "{}", explain(&e));
         }
+    }
+
+    #[test]
+    fn an_interrupted_last_attempt_says_the_key_may_be_erased_and_how_to_check() {
+        let e = ClientError::LoginInterrupted {
+            source: Box::new(ClientError::Dropped),
+            last_attempt: true,
+        };
+        assert_eq!(exit_for(&e), Exit::Unavailable);
+        let text = explain(&e);
+        assert!(text.contains("may now have erased"), "{text}");
+        assert!(text.contains("backupctl status"), "{text}");
+        assert!(
+            !text.contains("one password attempt may have been used"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_refused_password_is_a_usage_error_that_spent_nothing() {
+        let e = ClientError::Password(PasswordError::ControlCharacter);
+        assert_eq!(exit_for(&e), Exit::Usage);
+        assert!(explain(&e).contains("no password attempt was used"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use futures_util::StreamExt;
 use protocol_spec::ids::{AccountId, EnrolmentCode};
 use protocol_spec::keys::StaticSecret;
 use protocol_spec::messages::vault::{RegistrationMode, VaultRequest, VaultResponse};
+use protocol_spec::password::Password;
 use protocol_spec::root_key::RootKey;
 use testkit::chatd::{ChatdFixture, ChatdOptions, ChatdProcess};
 use testkit::vault::{VaultFixture, VaultOptions, VaultProcess};
@@ -541,9 +542,11 @@ fn tunnel_phase(
             .open_tunnel(&fleet.tunnel_key, &fleet.fleet_id)
             .await
             .map_err(|e| anyhow!("open tunnel: {e}"))?;
-        let (flow, start) =
-            PasswordRegistration::start(b"loadgen password", RegistrationMode::Create)
-                .map_err(|e| anyhow!("{e}"))?;
+        let (flow, start) = PasswordRegistration::start(
+            &Password::prepare("loadgen password").map_err(|e| anyhow!("{e}"))?,
+            RegistrationMode::Create,
+        )
+        .map_err(|e| anyhow!("{e}"))?;
         let r = c
             .request(&mut t, &start)
             .await
