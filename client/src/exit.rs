@@ -39,6 +39,10 @@ pub enum Exit {
     /// A local file problem: output exists, input not found, permissions,
     /// an unsafe or damaged key file or profile.
     LocalFile = 9,
+    /// Object storage refused for good: the bucket or the backup object
+    /// does not exist, access was denied, or the storage settings cannot
+    /// work (such as a plain http:// endpoint that is not allowed).
+    Storage = 10,
 }
 
 impl Exit {
@@ -79,14 +83,23 @@ pub fn exit_for(e: &ClientError) -> Exit {
             | BackupIoError::Io { .. }
             | BackupIoError::OutputExists { .. }
             | BackupIoError::IsDirectory { .. } => Exit::LocalFile,
+            // file:// is a local file, whatever library reads it.
             BackupIoError::ObjectStore {
                 source: object_store::Error::NotFound { .. },
+                location,
+            } if location.starts_with("file:") => Exit::LocalFile,
+            BackupIoError::ObjectStore {
+                source:
+                    object_store::Error::NotFound { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. },
                 ..
-            } => Exit::LocalFile,
+            }
+            | BackupIoError::BucketNotFound { .. }
+            | BackupIoError::PlainHttpEndpoint { .. }
+            | BackupIoError::ObjectStoreConfig { .. } => Exit::Storage,
             BackupIoError::ObjectStore { .. } => Exit::Unavailable,
-            BackupIoError::ObjectStoreConfig { .. }
-            | BackupIoError::Random { .. }
-            | BackupIoError::Runtime { .. } => Exit::Other,
+            BackupIoError::Random { .. } | BackupIoError::Runtime { .. } => Exit::Other,
         },
         ClientError::Profile(_) => Exit::LocalFile,
         ClientError::NoDeviceKey { .. } => Exit::NotEnrolled,
@@ -231,6 +244,40 @@ mod tests {
         let e = ClientError::Password(PasswordError::ControlCharacter);
         assert_eq!(exit_for(&e), Exit::Usage);
         assert!(explain(&e).contains("no password attempt was used"));
+    }
+
+    #[test]
+    fn object_storage_refusals_are_final_and_not_local_file_problems() {
+        let not_found = || object_store::Error::NotFound {
+            path: "b/k".into(),
+            source: "404".into(),
+        };
+        let bucket = ClientError::Backup(BackupIoError::BucketNotFound {
+            location: "s3://b/k".into(),
+            bucket: "b".into(),
+            source: not_found(),
+        });
+        assert_eq!(exit_for(&bucket), Exit::Storage);
+        assert!(!bucket.retryable());
+        assert!(
+            explain(&bucket).contains("bucket 'b'"),
+            "{}",
+            explain(&bucket)
+        );
+        let http = ClientError::Backup(BackupIoError::PlainHttpEndpoint {
+            location: "s3://b/k".into(),
+            endpoint: "http://127.0.0.1:9000".into(),
+        });
+        assert_eq!(exit_for(&http), Exit::Storage);
+        assert!(explain(&http).contains("AWS_ALLOW_HTTP=true"));
+        let missing = |location: &str| {
+            exit_for(&ClientError::Backup(BackupIoError::ObjectStore {
+                location: location.into(),
+                source: not_found(),
+            }))
+        };
+        assert_eq!(missing("s3://b/k"), Exit::Storage);
+        assert_eq!(missing("file:///tmp/k"), Exit::LocalFile);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The real `backupctl` binary against real `hsm-vault` and `chatd`
 //! processes on loopback: every command, every refusal and its exit code,
 //! tampered backups, a network drop during a login, one password typed in
-//! two Unicode forms, the last attempt asked on a pseudo-terminal, and a
-//! 1 GiB round trip with the process's peak memory printed (not asserted).
+//! two Unicode forms, the last attempt asked on a pseudo-terminal,
+//! interrupted restores that leave nothing behind, object-storage
+//! settings, and a 1 GiB round trip with the process's peak memory printed
+//! (not asserted).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -1226,4 +1228,158 @@ fn an_interrupted_last_attempt_says_the_key_may_be_erased() {
     s.chatd_proc = s.chatd.spawn();
     let st = a.run(&["status"]);
     assert!(st.ok().stdout.contains("1 of 3"), "{st:#?}");
+}
+
+// ------------------------------------------ interrupted restores leave nothing
+
+/// A real `backupctl restore` of `backup` into the empty folder `into`,
+/// sent `signal` once it has read `after` bytes (and, when `partial_first`,
+/// once its named partial file has appeared). Returns how it ended.
+fn interrupt_restore(
+    d: &Device,
+    backup: &Path,
+    into: &Path,
+    signal: rustix::process::Signal,
+    named_partials: bool,
+) -> std::process::ExitStatus {
+    let out = into.join("restored.tar");
+    let mut c = d.command(&[
+        "restore",
+        backup.to_str().unwrap(),
+        "--to",
+        out.to_str().unwrap(),
+        "--cached-key",
+    ]);
+    if named_partials {
+        c.env("E2EBK_NAMED_TEMP_FILES", "1");
+    }
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let io_file = format!("/proc/{}/io", child.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Mid-restore: a good part of the backup read, and (for named partial
+    // files) the partial file there with plaintext in it.
+    loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before the signal"
+        );
+        assert!(Instant::now() < deadline, "the restore never got going");
+        let read = std::fs::read_to_string(&io_file)
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("rchar: "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        let partial_written = std::fs::read_dir(into)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false));
+        if read > 64 << 20 && (partial_written || !named_partials) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rustix::process::kill_process(pid, signal).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!out.exists(), "no output after an interrupted restore");
+    status
+}
+
+/// SIGINT, SIGTERM (and kill -9) during a large restore leave no file in
+/// the target folder: the plaintext is written to an unnamed O_TMPFILE
+/// file, or, where that is not used, to a named partial file removed on
+/// the signal (and, after kill -9, by the next run).
+#[test]
+fn interrupted_restores_leave_no_file_in_the_target_folder() {
+    use std::os::unix::process::ExitStatusExt;
+
+    use rustix::process::Signal;
+    let d = Device::offline();
+    d.run(&["enable", "--manual"]).ok();
+    let src = d.path("big.tar");
+    random_file(&src, 384 << 20, 41);
+    let backup = d.path("big.backup");
+    d.backup(&src, &backup, &[]).ok();
+    std::fs::remove_file(&src).unwrap();
+
+    for named in [false, true] {
+        for (signal, number) in [(Signal::INT, 2), (Signal::TERM, 15)] {
+            let into = tempfile::tempdir().unwrap();
+            let status = interrupt_restore(&d, &backup, into.path(), signal, named);
+            assert_eq!(status.signal(), Some(number), "named {named}: {status:?}");
+            assert!(
+                extra_files(into.path(), &[]).is_empty(),
+                "named {named}, signal {number}: left {:?}",
+                extra_files(into.path(), &[])
+            );
+        }
+    }
+    // kill -9 cannot be caught: an unnamed file still leaves nothing.
+    let into = tempfile::tempdir().unwrap();
+    let status = interrupt_restore(&d, &backup, into.path(), Signal::KILL, false);
+    assert_eq!(status.signal(), Some(9));
+    assert!(extra_files(into.path(), &[]).is_empty());
+    // A named partial file survives kill -9; the next run into the same
+    // name removes it, since its process is gone.
+    let status = interrupt_restore(&d, &backup, into.path(), Signal::KILL, true);
+    assert_eq!(status.signal(), Some(9));
+    let left = extra_files(into.path(), &[]);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with(".restored.tar.") && left[0].ends_with(".partial"));
+    let out = into.path().join("restored.tar");
+    let mut c = d.command(&[
+        "restore",
+        backup.to_str().unwrap(),
+        "--to",
+        out.to_str().unwrap(),
+        "--cached-key",
+    ]);
+    c.env("E2EBK_NAMED_TEMP_FILES", "1");
+    run(c, None).ok();
+    assert_eq!(extra_files(into.path(), &[]), ["restored.tar"]);
+}
+
+// ------------------------------------------------------- object storage
+
+/// file:// backups are private like local ones (mode 0600).
+#[test]
+fn file_url_backups_are_private_like_local_ones() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Device::offline();
+    d.run(&["enable", "--manual"]).ok();
+    let src = d.path("data");
+    random_file(&src, 10_000, 51);
+    let url_target = d.path("nested").join("via-url.backup");
+    d.run(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--to",
+        &format!("file://{}", url_target.display()),
+    ])
+    .ok();
+    let mode = std::fs::metadata(&url_target).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "file:// backup mode {mode:o}");
+}
+
+/// A plain http:// S3 endpoint without AWS_ALLOW_HTTP is a final error
+/// that says what to set, before any request is made.
+#[test]
+fn a_plain_http_endpoint_without_aws_allow_http_is_final_and_says_what_to_set() {
+    let d = Device::offline();
+    d.run(&["enable", "--manual"]).ok();
+    let src = d.path("data");
+    random_file(&src, 10_000, 52);
+    let mut c = d.command(&["backup", src.to_str().unwrap(), "--to", "s3://bucket/key"]);
+    c.env("AWS_ENDPOINT", "http://127.0.0.1:9")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_ALLOW_HTTP");
+    run(c, None).fails(10, "AWS_ALLOW_HTTP=true");
 }
