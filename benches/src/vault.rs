@@ -38,12 +38,18 @@ use protocol_spec::ids::{AccountId, FleetId};
 use protocol_spec::keywrap::WRAPPED_KEY_LEN;
 use protocol_spec::messages::vault::{RegistrationMode, VaultRequest, VaultResponse};
 use protocol_spec::opaque::{self, Suite, REGISTRATION_NONCE_LEN};
+use protocol_spec::password::Password;
 use protocol_spec::root_key::RootKey;
 use rand_core::{CryptoRng, RngCore};
 use testkit::softhsm::{module_path, SoftHsm};
 
 /// The password every benchmark account registers.
-pub const PASSWORD: &[u8] = b"correct horse battery staple";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// [`PASSWORD`], prepared (SPEC 7.8) as every client flow takes it.
+pub fn password() -> Password {
+    Password::prepare(PASSWORD).expect("the benchmark password prepares")
+}
 
 /// A SoftHSM token in a temporary folder with a fresh master key. SoftHSM
 /// reads its configuration once per process, so create this before
@@ -143,7 +149,7 @@ impl std::fmt::Debug for BenchVault {
 fn register(vault: &Vault, account: &AccountId, fleet: &FleetId) {
     let now = Now::system();
     let mut session = VaultSession::new(account.clone());
-    let (flow, start) = PasswordRegistration::start(PASSWORD, RegistrationMode::Create)
+    let (flow, start) = PasswordRegistration::start(&password(), RegistrationMode::Create)
         .expect("registration start");
     let resp = vault.handle(now, &mut session, start);
     let k = RootKey::from_entropy([9; 30]);
@@ -330,7 +336,7 @@ impl BenchVault {
         (0..n as u64)
             .map(|i| {
                 let seed = 0x5eed_0000 + i;
-                let (flow, start) = PasswordLogin::start(PASSWORD).expect("login start");
+                let (flow, start) = PasswordLogin::start(&password()).expect("login start");
                 let VaultRequest::LoginStart { credential_request } = start else {
                     unreachable!("PasswordLogin::start builds a LoginStart");
                 };
@@ -382,7 +388,7 @@ pub struct PrecomputedLogin {
 pub fn ke1_messages(n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|_| {
-            let (_, start) = PasswordLogin::start(PASSWORD).expect("login start");
+            let (_, start) = PasswordLogin::start(&password()).expect("login start");
             match start {
                 VaultRequest::LoginStart { credential_request } => credential_request,
                 _ => unreachable!("PasswordLogin::start builds a LoginStart"),

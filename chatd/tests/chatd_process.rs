@@ -23,6 +23,11 @@ use testkit::chatd::{ChatdFixture, ChatdOptions, ChatdProcess};
 use testkit::vault::{VaultFixture, VaultOptions, VaultProcess};
 use tokio_tungstenite::tungstenite::Message;
 
+/// The prepared form (SPEC 7.8) every client flow takes.
+fn prepared(password: &[u8]) -> protocol_spec::password::Password {
+    protocol_spec::password::Password::prepare(std::str::from_utf8(password).unwrap()).unwrap()
+}
+
 struct Stack {
     vault: VaultFixture,
     vault_proc: VaultProcess,
@@ -86,7 +91,7 @@ impl Stack {
             .await
             .unwrap();
         let (flow, start) =
-            PasswordRegistration::start(password, RegistrationMode::Create).unwrap();
+            PasswordRegistration::start(&prepared(password), RegistrationMode::Create).unwrap();
         let r = c.request(&mut t, &start).await.unwrap();
         let finish = flow.finish(&r, &a, &self.vault.fleet.fleet_id, k).unwrap();
         let r = c.request(&mut t, &finish).await.unwrap();
@@ -105,7 +110,7 @@ impl Stack {
         let mut t = c
             .open_tunnel(&self.vault.fleet.tunnel_key, &self.vault.fleet.fleet_id)
             .await?;
-        let (flow, start) = PasswordLogin::start(password).unwrap();
+        let (flow, start) = PasswordLogin::start(&prepared(password)).unwrap();
         let r = c.request(&mut t, &start).await?;
         let (finish, verified) = flow.finish(&r, &a, &self.vault.fleet.fleet_id)?;
         let r = c.request(&mut t, &finish).await?;

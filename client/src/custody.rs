@@ -26,10 +26,11 @@
 use std::time::Duration;
 
 use protocol_spec::messages::vault::{RecordState, RegistrationMode};
+use protocol_spec::password::Password;
 use protocol_spec::root_key::{RootKey, ROOT_KEY_ENTROPY_LEN};
 use zeroize::Zeroizing;
 
-use crate::device::Device;
+use crate::device::{Device, LastAttemptConsent};
 use crate::error::ClientError;
 use crate::profile::{fill_random, Profile};
 
@@ -78,7 +79,7 @@ pub struct PasswordEnabled {
 /// the vault may hold.
 pub async fn enable_password(
     device: &Device,
-    password: &[u8],
+    password: &Password,
     mode: RegistrationMode,
 ) -> Result<PasswordEnabled, ClientError> {
     let candidate = EscrowCandidate::prepare(device.profile())?;
@@ -216,13 +217,15 @@ pub struct PasswordChanged {
 }
 
 /// Logs in with `old` and escrows the same `K` under `new`, then compares
-/// it with this device's cached key.
+/// it with this device's cached key. `consent` is asked before the last
+/// attempt.
 pub async fn change_password(
     device: &Device,
-    old: &[u8],
-    new: &[u8],
+    old: &Password,
+    new: &Password,
+    consent: &dyn LastAttemptConsent,
 ) -> Result<PasswordChanged, ClientError> {
-    let (key, max_attempts) = device.change_password(old, new).await?;
+    let (key, max_attempts) = device.change_password(old, new, consent).await?;
     Ok(PasswordChanged {
         max_attempts,
         cached_key: compare_cached_key(device.profile(), &key),
@@ -254,9 +257,14 @@ pub struct Disabled {
 }
 
 /// Logs in with `password`, deletes the vault's escrow, then forgets this
-/// device's copy of that key (never a different one).
-pub async fn disable(device: &Device, password: &[u8]) -> Result<Disabled, ClientError> {
-    let key = device.delete(password).await?;
+/// device's copy of that key (never a different one). `consent` is asked
+/// before the last attempt.
+pub async fn disable(
+    device: &Device,
+    password: &Password,
+    consent: &dyn LastAttemptConsent,
+) -> Result<Disabled, ClientError> {
+    let key = device.delete(password, consent).await?;
     Ok(Disabled {
         cached_key: forget_if_vault_key(device.profile(), &key),
     })

@@ -12,7 +12,15 @@
 //! - nothing is retried once a `LoginStart` was sent: each one may spend a
 //!   password attempt. Failures after that point come back as
 //!   [`ClientError::LoginInterrupted`] so the person learns an attempt may
-//!   be gone.
+//!   be gone, and, on the last attempt, that the key may be gone with it.
+//!
+//! Every `LoginStart` goes out in [`Device`]'s one login path, which first
+//! asks the vault's `Status` in the same tunnel. When one attempt is left,
+//! [`last_attempt_step`] decides whether to ask the person (a
+//! [`LastAttemptConsent`]) before spending it, or to go on with a warning
+//! when nobody can be asked. A wrong password ends the tunnel with
+//! `TunnelClose(0)`, never with a KE3 the client could not build (SPEC.md
+//! 6.4).
 //!
 //! Everything here is IO glue around the sans-IO flows of
 //! [`crate::vault_flow`]. What the device does with its own copy of `K`
@@ -23,7 +31,10 @@ use std::time::{Duration, Instant};
 
 use protocol_spec::ids::EnrolmentCode;
 use protocol_spec::keys::StaticSecret;
-use protocol_spec::messages::vault::{RegistrationMode, StatusReport, VaultRequest};
+use protocol_spec::messages::vault::{
+    RecordState, RegistrationMode, StatusReport, VaultRequest, VaultResponse,
+};
+use protocol_spec::password::Password;
 use protocol_spec::retry::Backoff;
 use protocol_spec::root_key::RootKey;
 
@@ -147,7 +158,7 @@ impl Device {
     /// [`ClientError::RegistrationUnknown`] for the one ambiguous case.
     pub async fn register(
         &self,
-        password: &[u8],
+        password: &Password,
         mode: RegistrationMode,
         key: &RootKey,
     ) -> Result<u32, ClientError> {
@@ -173,7 +184,7 @@ impl Device {
 
     async fn register_once(
         &self,
-        password: &[u8],
+        password: &Password,
         mode: RegistrationMode,
         key: &RootKey,
         finish_sent: &mut bool,
@@ -191,9 +202,13 @@ impl Device {
 
     /// Logs in with `password` and returns the escrowed `K`. Spends an
     /// attempt if the password is wrong; never retried after `LoginStart`.
-    pub async fn recover_key(&self, password: &[u8]) -> Result<RootKey, ClientError> {
-        let (mut conn, mut t) = self.open().await?;
-        let key = self.login(&mut conn, &mut t, password).await?;
+    /// `consent` is asked before the last attempt.
+    pub async fn recover_key(
+        &self,
+        password: &Password,
+        consent: &dyn LastAttemptConsent,
+    ) -> Result<RootKey, ClientError> {
+        let (conn, t, key) = self.logged_in(password, consent).await?;
         finish(conn, t).await;
         Ok(key)
     }
@@ -202,11 +217,11 @@ impl Device {
     /// under `new` (mode `ChangePassword`). Returns `K` and `max_attempts`.
     pub async fn change_password(
         &self,
-        old: &[u8],
-        new: &[u8],
+        old: &Password,
+        new: &Password,
+        consent: &dyn LastAttemptConsent,
     ) -> Result<(RootKey, u32), ClientError> {
-        let (mut conn, mut t) = self.open().await?;
-        let key = self.login(&mut conn, &mut t, old).await?;
+        let (mut conn, mut t, key) = self.logged_in(old, consent).await?;
         let (flow, start) = PasswordRegistration::start(new, RegistrationMode::ChangePassword)?;
         let r = conn.request(&mut t, &start).await?;
         let finish_req = flow.finish(&r, self.profile.account(), &self.profile.fleet_id, &key)?;
@@ -219,37 +234,120 @@ impl Device {
     /// Logs in with `password` and deletes the escrow (password backups
     /// disabled). Returns `K`, so the caller can check it against the
     /// device's copy.
-    pub async fn delete(&self, password: &[u8]) -> Result<RootKey, ClientError> {
-        let (mut conn, mut t) = self.open().await?;
-        let key = self.login(&mut conn, &mut t, password).await?;
+    pub async fn delete(
+        &self,
+        password: &Password,
+        consent: &dyn LastAttemptConsent,
+    ) -> Result<RootKey, ClientError> {
+        let (mut conn, mut t, key) = self.logged_in(password, consent).await?;
         let r = conn.request(&mut t, &VaultRequest::Delete).await?;
         vault_flow::deleted(&r)?;
         finish(conn, t).await;
         Ok(key)
     }
 
+    /// A tunnel in which `password` has logged in, and `K`. The one path
+    /// to a `LoginStart`: the tunnel's `Status` comes first, and the
+    /// person is asked (or warned) before a last attempt. An outcome the
+    /// vault gave (wrong password, locked...) closes the tunnel politely.
+    async fn logged_in(
+        &self,
+        password: &Password,
+        consent: &dyn LastAttemptConsent,
+    ) -> Result<(Connection, VaultTunnel, RootKey), ClientError> {
+        let (mut conn, mut t, status) = self.open_with_status().await?;
+        let mut last_attempt = is_last_attempt(&status);
+        match last_attempt_step(&status, consent.can_ask()) {
+            LastAttemptStep::Go => {}
+            LastAttemptStep::WarnAndGo => consent.warn(LAST_ATTEMPT_WARNING),
+            LastAttemptStep::Ask => {
+                let asked = Instant::now();
+                let yes = consent.ask(LAST_ATTEMPT_QUESTION);
+                if !matches!(yes, Ok(true)) {
+                    finish(conn, t).await;
+                    return Err(yes.err().unwrap_or(ClientError::Cancelled));
+                }
+                // Nobody read the connection while the person thought; past
+                // half of chatd's idle timeout it may be gone (SPEC 4.6).
+                // Nothing is spent yet, so start over on a fresh one.
+                let idle = Duration::from_secs(u64::from(conn.hello.idle_timeout_secs));
+                if asked.elapsed() >= idle / 2 {
+                    finish(conn, t).await;
+                    let (c, tunnel, status) = self.open_with_status().await?;
+                    (conn, t) = (c, tunnel);
+                    last_attempt = is_last_attempt(&status);
+                }
+            }
+        }
+        match self.login(&mut conn, &mut t, password, last_attempt).await {
+            Ok(key) => Ok((conn, t, key)),
+            Err(e @ ClientError::Flow(_)) => {
+                finish(conn, t).await;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// One login in an open tunnel. Transport failures after `LoginStart`
-    /// was sent become [`ClientError::LoginInterrupted`]. Every `LoginStart`
-    /// this crate sends goes out here, so rules about spending an attempt
-    /// belong here too.
+    /// was sent become [`ClientError::LoginInterrupted`]; `last_attempt`
+    /// says whether the status before it left one attempt. Every
+    /// `LoginStart` this crate sends goes out here, so rules about spending
+    /// an attempt belong here too.
     async fn login(
         &self,
         conn: &mut Connection,
         t: &mut VaultTunnel,
-        password: &[u8],
+        password: &Password,
+        mut last_attempt: bool,
     ) -> Result<RootKey, ClientError> {
         let account = self.profile.account();
         let (flow, start) = PasswordLogin::start(password)?;
-        let interrupted = |e: ClientError| match e {
+        let interrupted = |e: ClientError, last_attempt: bool| match e {
             ClientError::Flow(_) => e,
             other => ClientError::LoginInterrupted {
                 source: Box::new(other),
+                last_attempt,
             },
         };
-        let r = conn.request(t, &start).await.map_err(interrupted)?;
+        let r = conn
+            .request(t, &start)
+            .await
+            .map_err(|e| interrupted(e, last_attempt))?;
+        if let VaultResponse::LoginStarted {
+            attempts_remaining: 0,
+            ..
+        } = r
+        {
+            // Another device may have spent one since our status.
+            last_attempt = true;
+        }
         let (finish_req, verified) = flow.finish(&r, account, &self.profile.fleet_id)?;
-        let r = conn.request(t, &finish_req).await.map_err(interrupted)?;
+        let r = conn
+            .request(t, &finish_req)
+            .await
+            .map_err(|e| interrupted(e, last_attempt))?;
         Ok(verified.key(&r, account)?)
+    }
+
+    /// Connects, opens a tunnel and reads the vault's status in it,
+    /// retrying the whole while that can help (nothing is spent yet).
+    async fn open_with_status(
+        &self,
+    ) -> Result<(Connection, VaultTunnel, StatusReport), ClientError> {
+        let mut budget = RetryBudget::new();
+        loop {
+            let attempt = async {
+                let (mut conn, mut t) = self.open_once().await?;
+                let r = conn.request(&mut t, &VaultRequest::Status).await?;
+                let status = vault_flow::status_from(&r)?;
+                Ok::<_, ClientError>((conn, t, status))
+            };
+            match attempt.await {
+                Ok(ready) => return Ok(ready),
+                Err(e) => budget.absorb(e).await?,
+            }
+        }
     }
 
     /// Connects, retrying while that can help.
@@ -258,17 +356,6 @@ impl Device {
         loop {
             match Connection::connect(&self.profile.endpoint, &self.key, code.cloned()).await {
                 Ok(c) => return Ok(c),
-                Err(e) => budget.absorb(e).await?,
-            }
-        }
-    }
-
-    /// Connects and opens a tunnel, retrying the pair while that can help.
-    async fn open(&self) -> Result<(Connection, VaultTunnel), ClientError> {
-        let mut budget = RetryBudget::new();
-        loop {
-            match self.open_once().await {
-                Ok(pair) => return Ok(pair),
                 Err(e) => budget.absorb(e).await?,
             }
         }
@@ -288,4 +375,83 @@ impl Device {
 async fn finish(mut conn: Connection, t: VaultTunnel) {
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.close_tunnel(t)).await;
     conn.close().await;
+}
+
+/// Whether the vault's status leaves exactly one attempt: the next login
+/// start, if its password is wrong or its tunnel breaks, erases the key.
+pub fn is_last_attempt(status: &StatusReport) -> bool {
+    status.state == RecordState::Registered && status.attempts_remaining == 1
+}
+
+/// What happens before a `LoginStart`, given the status read in the same
+/// tunnel and whether a person can be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastAttemptStep {
+    /// More than one attempt left (or nothing to spend): go on.
+    Go,
+    /// The last attempt, and a person at a terminal: ask first.
+    Ask,
+    /// The last attempt and nobody to ask (a script piping the password):
+    /// say so where a person or a log sees it, and go on, since the
+    /// caller chose to try this password.
+    WarnAndGo,
+}
+
+/// The decision before every `LoginStart` (see [`LastAttemptStep`]).
+pub fn last_attempt_step(status: &StatusReport, can_ask: bool) -> LastAttemptStep {
+    match (is_last_attempt(status), can_ask) {
+        (false, _) => LastAttemptStep::Go,
+        (true, true) => LastAttemptStep::Ask,
+        (true, false) => LastAttemptStep::WarnAndGo,
+    }
+}
+
+/// What a person is told before the last attempt.
+pub const LAST_ATTEMPT_WARNING: &str = "one password attempt is left: if this password is wrong, or the connection breaks after it is sent, the vault erases the escrowed backup key for good";
+
+/// What a person is asked before the last attempt.
+pub const LAST_ATTEMPT_QUESTION: &str = "One password attempt is left: if this password is wrong, or the connection breaks after it is sent, the vault erases the escrowed backup key for good. Try this password?";
+
+/// Whoever is consulted before a login start spends the last attempt
+/// ([`crate::terminal::TerminalConsent`] for `backupctl`).
+pub trait LastAttemptConsent {
+    /// Whether a person can answer a question now.
+    fn can_ask(&self) -> bool;
+    /// Asks `question`; `Ok(true)` means go on.
+    fn ask(&self, question: &str) -> Result<bool, ClientError>;
+    /// Tells `warning` without asking.
+    fn warn(&self, warning: &str);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: RecordState, attempts_remaining: u32) -> StatusReport {
+        StatusReport {
+            state,
+            attempts_remaining,
+            max_attempts: 10,
+        }
+    }
+
+    #[test]
+    fn only_the_last_attempt_asks_and_nobody_to_ask_means_a_warning() {
+        use LastAttemptStep::*;
+        let last = status(RecordState::Registered, 1);
+        assert_eq!(last_attempt_step(&last, true), Ask);
+        assert_eq!(last_attempt_step(&last, false), WarnAndGo);
+        for s in [
+            status(RecordState::Registered, 2),
+            status(RecordState::Registered, 10),
+            // Nothing left to spend: the login start answers Locked (or
+            // busy while another tunnel holds the last attempt).
+            status(RecordState::Registered, 0),
+            status(RecordState::Locked, 0),
+            status(RecordState::None, 0),
+        ] {
+            assert_eq!(last_attempt_step(&s, true), Go, "{s:?}");
+            assert_eq!(last_attempt_step(&s, false), Go, "{s:?}");
+        }
+    }
 }

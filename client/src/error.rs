@@ -43,9 +43,21 @@ pub enum ClientError {
     #[error("no device key at {}: this device is not enrolled; run `backupctl enroll --code CODE` with a code from your operator", path.display())]
     NoDeviceKey { path: std::path::PathBuf },
     /// The connection failed after a `LoginStart` was sent. Never retried
-    /// automatically: the attempt may have been counted.
-    #[error("{source} during the password check (one password attempt may have been used)")]
-    LoginInterrupted { source: Box<ClientError> },
+    /// automatically: the attempt may have been counted. On the last
+    /// attempt (`last_attempt`) the vault may have erased the key with it.
+    #[error("{source} during the password check ({})", if *.last_attempt {
+        "it was the last password attempt, so the escrowed key may now be erased"
+    } else {
+        "one password attempt may have been used"
+    })]
+    LoginInterrupted {
+        source: Box<ClientError>,
+        last_attempt: bool,
+    },
+    /// The password cannot be prepared (SPEC.md 7.8): nothing was sent, no
+    /// attempt was spent.
+    #[error(transparent)]
+    Password(#[from] protocol_spec::error::PasswordError),
     /// What the person typed or piped in cannot be used (an empty or short
     /// password, a missing confirmation, two inputs both wanting standard
     /// input). The message says what to do instead.
@@ -75,7 +87,7 @@ impl ClientError {
             ClientError::Closed(c) => c.retryable(),
             ClientError::TunnelClosed(c) => c.retryable(),
             ClientError::Flow(f) => f.retryable(),
-            ClientError::LoginInterrupted { source } => source.retryable(),
+            ClientError::LoginInterrupted { source, .. } => source.retryable(),
             _ => false,
         }
     }

@@ -6,6 +6,7 @@
 //! never carry any.
 
 use protocol_spec::codes::{CloseCode, TunnelCloseCode, VaultErrorCode};
+use protocol_spec::error::PasswordError;
 
 use crate::backup::BackupIoError;
 use crate::error::ClientError;
@@ -38,6 +39,10 @@ pub enum Exit {
     /// A local file problem: output exists, input not found, permissions,
     /// an unsafe or damaged key file or profile.
     LocalFile = 9,
+    /// Object storage refused for good: the bucket or the backup object
+    /// does not exist, access was denied, or the storage settings cannot
+    /// work (such as a plain http:// endpoint that is not allowed).
+    Storage = 10,
 }
 
 impl Exit {
@@ -78,19 +83,28 @@ pub fn exit_for(e: &ClientError) -> Exit {
             | BackupIoError::Io { .. }
             | BackupIoError::OutputExists { .. }
             | BackupIoError::IsDirectory { .. } => Exit::LocalFile,
+            // file:// is a local file, whatever library reads it.
             BackupIoError::ObjectStore {
                 source: object_store::Error::NotFound { .. },
+                location,
+            } if location.starts_with("file:") => Exit::LocalFile,
+            BackupIoError::ObjectStore {
+                source:
+                    object_store::Error::NotFound { .. }
+                    | object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. },
                 ..
-            } => Exit::LocalFile,
+            }
+            | BackupIoError::BucketNotFound { .. }
+            | BackupIoError::PlainHttpEndpoint { .. }
+            | BackupIoError::ObjectStoreConfig { .. } => Exit::Storage,
             BackupIoError::ObjectStore { .. } => Exit::Unavailable,
-            BackupIoError::ObjectStoreConfig { .. }
-            | BackupIoError::Random { .. }
-            | BackupIoError::Runtime { .. } => Exit::Other,
+            BackupIoError::Random { .. } | BackupIoError::Runtime { .. } => Exit::Other,
         },
         ClientError::Profile(_) => Exit::LocalFile,
         ClientError::NoDeviceKey { .. } => Exit::NotEnrolled,
-        ClientError::LoginInterrupted { source } => exit_for(source),
-        ClientError::Input(_) | ClientError::KeyText(_) => Exit::Usage,
+        ClientError::LoginInterrupted { source, .. } => exit_for(source),
+        ClientError::Input(_) | ClientError::KeyText(_) | ClientError::Password(_) => Exit::Usage,
         ClientError::NoBackupKey => Exit::NotEnabled,
         ClientError::RegistrationUnknown => Exit::Unavailable,
         ClientError::Cancelled => Exit::Other,
@@ -135,9 +149,26 @@ pub fn explain(e: &ClientError) -> String {
         ClientError::KeyText(k) => format!(
             "{k}; type the 64-digit key again exactly as written down (spaces and dashes are ignored)"
         ),
-        ClientError::LoginInterrupted { source } => format!(
+        ClientError::LoginInterrupted {
+            source,
+            last_attempt: false,
+        } => format!(
             "{} (it happened during the password check, so one password attempt may have been used)",
             explain(source)
+        ),
+        // Not "try again": the key may be gone, and if it is not, the next
+        // try is the last attempt again.
+        ClientError::LoginInterrupted {
+            source,
+            last_attempt: true,
+        } => format!(
+            "{source} during the password check on the last password attempt, so the vault may now have erased the escrowed backup key: run `backupctl status` to see whether it is still registered (the attempt was not counted) or locked (the key is gone for good)"
+        ),
+        ClientError::Password(PasswordError::Empty) => {
+            "the password is empty; type the password (or pipe it in, one line)".into()
+        }
+        ClientError::Password(p) => format!(
+            "{p}; nothing was sent and no password attempt was used: a password must be one line of characters every device can type, so type it again without that character"
         ),
         ClientError::RegistrationUnknown => format!(
             "{e}; run `backupctl status`: if it says registered, run `backupctl enable --password --replace` to make sure the vault holds this device's key, otherwise try again"
@@ -184,11 +215,69 @@ mod tests {
             ClientError::Flow(FlowError::Vault(VaultErrorCode::Unavailable)),
             ClientError::LoginInterrupted {
                 source: Box::new(ClientError::Dropped),
+                last_attempt: false,
             },
         ] {
             assert_eq!(exit_for(&e), Exit::Unavailable, "{e:?}");
             assert!(explain(&e).contains("try again"), "{}", explain(&e));
         }
+    }
+
+    #[test]
+    fn an_interrupted_last_attempt_says_the_key_may_be_erased_and_how_to_check() {
+        let e = ClientError::LoginInterrupted {
+            source: Box::new(ClientError::Dropped),
+            last_attempt: true,
+        };
+        assert_eq!(exit_for(&e), Exit::Unavailable);
+        let text = explain(&e);
+        assert!(text.contains("may now have erased"), "{text}");
+        assert!(text.contains("backupctl status"), "{text}");
+        assert!(
+            !text.contains("one password attempt may have been used"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_refused_password_is_a_usage_error_that_spent_nothing() {
+        let e = ClientError::Password(PasswordError::ControlCharacter);
+        assert_eq!(exit_for(&e), Exit::Usage);
+        assert!(explain(&e).contains("no password attempt was used"));
+    }
+
+    #[test]
+    fn object_storage_refusals_are_final_and_not_local_file_problems() {
+        let not_found = || object_store::Error::NotFound {
+            path: "b/k".into(),
+            source: "404".into(),
+        };
+        let bucket = ClientError::Backup(BackupIoError::BucketNotFound {
+            location: "s3://b/k".into(),
+            bucket: "b".into(),
+            source: not_found(),
+        });
+        assert_eq!(exit_for(&bucket), Exit::Storage);
+        assert!(!bucket.retryable());
+        assert!(
+            explain(&bucket).contains("bucket 'b'"),
+            "{}",
+            explain(&bucket)
+        );
+        let http = ClientError::Backup(BackupIoError::PlainHttpEndpoint {
+            location: "s3://b/k".into(),
+            endpoint: "http://127.0.0.1:9000".into(),
+        });
+        assert_eq!(exit_for(&http), Exit::Storage);
+        assert!(explain(&http).contains("AWS_ALLOW_HTTP=true"));
+        let missing = |location: &str| {
+            exit_for(&ClientError::Backup(BackupIoError::ObjectStore {
+                location: location.into(),
+                source: not_found(),
+            }))
+        };
+        assert_eq!(missing("s3://b/k"), Exit::Storage);
+        assert_eq!(missing("file:///tmp/k"), Exit::LocalFile);
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! - [`connection`]: the chatd WebSocket connection, its Noise session, and
 //!   vault tunnels inside it.
 //! - [`vault_flow`]: the sans-IO OPAQUE flows (status, registration, login,
-//!   delete) that turn vault responses into the next request.
+//!   delete) that turn vault responses into the next request; they take
+//!   only prepared passwords (SPEC.md 7.8).
 //! - [`device`]: one enrolled device's vault operations over chatd
-//!   (enrol, status, register, recover `K`, change password, delete) and
-//!   the crate's one retry helper.
+//!   (enrol, status, register, recover `K`, change password, delete), the
+//!   crate's one retry helper, and the one path to a `LoginStart` (status
+//!   first, and the person asked before a last attempt).
 //! - [`custody`]: this device's copy of the backup key `K` around those
 //!   operations: which key to escrow, when to cache it, when to forget it.
 //!   Each operation returns what it did and prints nothing.

@@ -17,13 +17,14 @@
 
 use std::path::Path;
 
+use protocol_spec::password::Password;
 use protocol_spec::root_key::RootKey;
 
 use crate::backup::{
     restore_from, BackupIoError, BackupStats, Location, Progress, RestoreOptions, RestoreOutput,
 };
 use crate::custody::{keep_vault_key, VaultKeyKept};
-use crate::device::Device;
+use crate::device::{Device, LastAttemptConsent};
 use crate::error::ClientError;
 use crate::profile::Profile;
 
@@ -92,13 +93,15 @@ impl RestorePlan {
     }
 
     /// Logs in with `password` and restores with the key the vault
-    /// releases. A wrong password spends an attempt and is never retried.
+    /// releases. A wrong password spends an attempt and is never retried;
+    /// `consent` is asked before the last one.
     pub async fn with_password(
         self,
         device: &Device,
-        password: &[u8],
+        password: &Password,
+        consent: &dyn LastAttemptConsent,
     ) -> Result<KeyedRestore, ClientError> {
-        let key = device.recover_key(password).await?;
+        let key = device.recover_key(password, consent).await?;
         Ok(KeyedRestore {
             plan: self,
             key,

@@ -3,15 +3,19 @@
 //!
 //! This module owns how `backupctl` gets secrets (passwords, the 64-digit
 //! key, enrolment codes) from the terminal without echo or from standard
-//! input, the rules a new password must meet, yes/no confirmations, and the
-//! progress bar drawn on standard error during backups and restores. Every
-//! secret it returns is zeroized on drop.
+//! input, the rules a new password must meet (counted on its prepared form,
+//! SPEC.md 7.8, so every device counts alike), yes/no confirmations (among
+//! them the one before a last password attempt, [`TerminalConsent`]), and
+//! the progress bar drawn on standard error during backups and restores.
+//! Every secret it returns is zeroized on drop.
 
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 
+use protocol_spec::password::Password;
 use zeroize::Zeroizing;
 
 use crate::backup::Progress;
+use crate::device::LastAttemptConsent;
 use crate::error::ClientError;
 
 /// Shortest new password accepted.
@@ -32,7 +36,8 @@ pub fn stderr_is_terminal() -> bool {
 }
 
 /// Reads `n` lines from standard input (the last may lack its newline),
-/// without their line endings.
+/// without their line endings: every `\n` and `\r` at the end of a line is
+/// removed, nothing else (spaces stay part of the secret).
 pub fn stdin_lines(n: usize, what: &str) -> Result<Vec<Zeroizing<String>>, ClientError> {
     let stdin = io::stdin();
     let mut input = stdin.lock().take(MAX_SECRET_INPUT);
@@ -87,12 +92,14 @@ pub fn prompt_secret(prompt: &str, stdin_flag: &str) -> Result<Zeroizing<String>
         })
 }
 
-/// Asks for a new password twice on the terminal and checks it.
-pub fn prompt_new_password(what: &str) -> Result<Zeroizing<String>, ClientError> {
+/// Asks for a new password twice on the terminal and prepares it. The two
+/// are compared in their prepared form (SPEC.md 7.8), as the vault will
+/// see them.
+pub fn prompt_new_password(what: &str) -> Result<Password, ClientError> {
     let first = prompt_secret(&format!("{what}: "), "--password-stdin")?;
-    check_new_password(&first)?;
+    let first = new_password(&first)?;
     let second = prompt_secret(&format!("{what} again: "), "--password-stdin")?;
-    if *first != *second {
+    if password(&second).ok() != Some(first.clone()) {
         return Err(ClientError::Input(
             "the two passwords differ; run the command again and type the same password twice"
                 .into(),
@@ -101,27 +108,59 @@ pub fn prompt_new_password(what: &str) -> Result<Zeroizing<String>, ClientError>
     Ok(first)
 }
 
-/// Refuses an empty password (any password given to log in).
-pub fn check_password(password: &str) -> Result<(), ClientError> {
-    if password.is_empty() {
+/// A password given to log in, prepared (SPEC.md 7.8). Refuses an empty
+/// one, and one that preparation refuses, before anything is sent.
+pub fn password(input: &str) -> Result<Password, ClientError> {
+    if input.is_empty() {
         return Err(ClientError::Input(
             "the password is empty; type the password (or pipe it in, one line)".into(),
         ));
     }
-    Ok(())
+    Ok(Password::prepare(input)?)
 }
 
-/// The rules for a new password: not empty, at least
-/// [`MIN_PASSWORD_CHARS`] characters.
-pub fn check_new_password(password: &str) -> Result<(), ClientError> {
-    check_password(password)?;
-    let chars = password.chars().count();
+/// A new password, prepared, that meets the rules: those of [`password`],
+/// and at least [`MIN_PASSWORD_CHARS`] characters once prepared.
+pub fn new_password(input: &str) -> Result<Password, ClientError> {
+    let prepared = password(input)?;
+    let chars = prepared.chars();
     if chars < MIN_PASSWORD_CHARS {
         return Err(ClientError::Input(format!(
             "the new password has {chars} characters; use at least {MIN_PASSWORD_CHARS} (several unrelated words make a strong one): guessing is limited by the vault, but only a long password resists an attacker who steals the vault's data"
         )));
     }
-    Ok(())
+    Ok(prepared)
+}
+
+/// Refuses a password [`password`] would refuse (any password given to
+/// log in).
+pub fn check_password(input: &str) -> Result<(), ClientError> {
+    password(input).map(drop)
+}
+
+/// Refuses a new password [`new_password`] would refuse.
+pub fn check_new_password(input: &str) -> Result<(), ClientError> {
+    new_password(input).map(drop)
+}
+
+/// The person at this terminal, asked before a last password attempt
+/// (standard input must be a terminal to ask; otherwise the warning goes
+/// to standard error and the login goes on).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TerminalConsent;
+
+impl LastAttemptConsent for TerminalConsent {
+    fn can_ask(&self) -> bool {
+        interactive()
+    }
+
+    fn ask(&self, question: &str) -> Result<bool, ClientError> {
+        confirm(question)
+    }
+
+    fn warn(&self, warning: &str) {
+        eprintln!("warning: {warning}");
+    }
 }
 
 /// Asks a yes/no question on the terminal; only `y` or `yes` count.
@@ -220,5 +259,18 @@ mod tests {
         // Characters, not bytes.
         assert!(check_new_password("ééééééé").is_err());
         assert!(check_password("x").is_ok());
+    }
+
+    #[test]
+    fn new_passwords_are_counted_and_compared_prepared() {
+        // Eight characters typed as NFD are seven once prepared.
+        assert!(check_new_password("cafe\u{301}123").is_err());
+        assert!(check_new_password("cafe\u{301}1234").is_ok());
+        assert_eq!(
+            new_password("cafe\u{301} 1234").unwrap(),
+            new_password("caf\u{e9}\u{a0}1234").unwrap()
+        );
+        let e = password("tab\there").unwrap_err();
+        assert!(matches!(e, ClientError::Password(_)), "{e:?}");
     }
 }

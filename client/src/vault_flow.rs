@@ -4,6 +4,10 @@
 //!
 //! The transport (chatd connection, tunnel) is someone else's job; these
 //! types only build [`VaultRequest`]s and read [`VaultResponse`]s.
+//!
+//! Every OPAQUE client this crate builds is built here, and only from a
+//! [`Password`]: the prepared form of SPEC.md 7.8, so that the same
+//! password typed on two devices stretches to the same key.
 
 use opaque_ke::{
     ClientLogin, ClientLoginFinishParameters, ClientRegistration,
@@ -14,6 +18,7 @@ use protocol_spec::ids::{AccountId, FleetId};
 use protocol_spec::keywrap;
 use protocol_spec::messages::vault::{RegistrationMode, StatusReport, VaultRequest, VaultResponse};
 use protocol_spec::opaque::{self, Suite};
+use protocol_spec::password::Password;
 use protocol_spec::root_key::RootKey;
 use rand_core::OsRng;
 use zeroize::Zeroizing;
@@ -72,7 +77,7 @@ pub fn status_from(r: &VaultResponse) -> Result<StatusReport, FlowError> {
 /// password, or password change).
 pub struct PasswordRegistration {
     state: ClientRegistration<Suite>,
-    password: Zeroizing<Vec<u8>>,
+    password: Password,
 }
 
 impl std::fmt::Debug for PasswordRegistration {
@@ -84,10 +89,10 @@ impl std::fmt::Debug for PasswordRegistration {
 impl PasswordRegistration {
     /// Returns the flow and the `RegisterStart` request to send.
     pub fn start(
-        password: &[u8],
+        password: &Password,
         mode: RegistrationMode,
     ) -> Result<(Self, VaultRequest), FlowError> {
-        let start = ClientRegistration::<Suite>::start(&mut OsRng, password)
+        let start = ClientRegistration::<Suite>::start(&mut OsRng, password.as_bytes())
             .map_err(|_| FlowError::Unexpected("password cannot be used"))?;
         let req = VaultRequest::RegisterStart {
             mode,
@@ -96,7 +101,7 @@ impl PasswordRegistration {
         Ok((
             PasswordRegistration {
                 state: start.state,
-                password: Zeroizing::new(password.to_vec()),
+                password: password.clone(),
             },
             req,
         ))
@@ -124,7 +129,7 @@ impl PasswordRegistration {
             .state
             .finish(
                 &mut OsRng,
-                &self.password,
+                self.password.as_bytes(),
                 resp,
                 ClientRegistrationFinishParameters::new(
                     opaque::identifiers(account, fleet),
@@ -155,7 +160,7 @@ pub fn registered(response: &VaultResponse) -> Result<u32, FlowError> {
 /// attempt: never retry one without the user asking.
 pub struct PasswordLogin {
     state: ClientLogin<Suite>,
-    password: Zeroizing<Vec<u8>>,
+    password: Password,
 }
 
 impl std::fmt::Debug for PasswordLogin {
@@ -179,8 +184,8 @@ impl std::fmt::Debug for LoginVerified {
 
 impl PasswordLogin {
     /// Returns the flow and the `LoginStart` request to send.
-    pub fn start(password: &[u8]) -> Result<(Self, VaultRequest), FlowError> {
-        let start = ClientLogin::<Suite>::start(&mut OsRng, password)
+    pub fn start(password: &Password) -> Result<(Self, VaultRequest), FlowError> {
+        let start = ClientLogin::<Suite>::start(&mut OsRng, password.as_bytes())
             .map_err(|_| FlowError::Unexpected("password cannot be used"))?;
         let req = VaultRequest::LoginStart {
             credential_request: start.message.serialize().to_vec(),
@@ -188,7 +193,7 @@ impl PasswordLogin {
         Ok((
             PasswordLogin {
                 state: start.state,
-                password: Zeroizing::new(password.to_vec()),
+                password: password.clone(),
             },
             req,
         ))
@@ -197,7 +202,10 @@ impl PasswordLogin {
     /// Reads `LoginStarted`. With the right password returns the
     /// `LoginFinish` request to send; with a wrong one returns
     /// [`FlowError::WrongPassword`] (or `Locked` if that was the last
-    /// attempt) and the caller closes the tunnel. Runs Argon2id.
+    /// attempt) and the caller closes the tunnel with `TunnelClose(0)`:
+    /// a client that cannot build a valid KE3 sends none (SPEC.md 6.4).
+    /// The attempt was counted when `LoginStarted` was sent, so the count
+    /// in it is already the one that remains. Runs Argon2id.
     pub fn finish(
         self,
         response: &VaultResponse,
@@ -216,7 +224,7 @@ impl PasswordLogin {
         let ksf = opaque::ksf();
         let finished = self.state.finish(
             &mut OsRng,
-            &self.password,
+            self.password.as_bytes(),
             resp,
             ClientLoginFinishParameters::new(
                 Some(opaque::CONTEXT),

@@ -1,7 +1,10 @@
 //! The real `backupctl` binary against real `hsm-vault` and `chatd`
 //! processes on loopback: every command, every refusal and its exit code,
-//! tampered backups, a network drop during a login, and a 1 GiB round trip
-//! with the process's peak memory printed (not asserted).
+//! tampered backups, a network drop during a login, one password typed in
+//! two Unicode forms, the last attempt asked on a pseudo-terminal,
+//! interrupted restores that leave nothing behind, object-storage
+//! settings, and a 1 GiB round trip with the process's peak memory printed
+//! (not asserted).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -731,9 +734,10 @@ fn change_password_keeps_the_key_and_disable_removes_it() {
     .fails(5, "not enabled");
 }
 
-/// A TCP proxy in front of chatd that, when armed, holds back the third
-/// binary WebSocket message a client sends (after the Noise handshake and
-/// `TunnelOpen`: the `LoginStart` of a password restore) and reports it.
+/// A TCP proxy in front of chatd that, when armed, holds back the fourth
+/// binary WebSocket message a client sends (after the Noise handshake,
+/// `TunnelOpen` and the `Status` every login asks first: the `LoginStart`
+/// of a password restore) and reports it.
 struct HoldProxy {
     addr: SocketAddr,
     armed: Arc<AtomicBool>,
@@ -827,7 +831,7 @@ fn client_to_server(
             let frame: Vec<u8> = pending.drain(..total).collect();
             if frame[0] & 0x0f == 0x2 {
                 binary_messages += 1;
-                if hold && binary_messages == 3 {
+                if hold && binary_messages == 4 {
                     holding = true;
                     let _ = tx.send(());
                     break;
@@ -1043,4 +1047,339 @@ fn large_round_trips_are_byte_identical_and_print_peak_memory() {
     d.run(&["enable", "--manual"]).ok();
     round_trip_with_memory(&d, "64MiB", 64 << 20);
     round_trip_with_memory(&d, "1GiB", 1 << 30);
+}
+
+// ------------------------------------------- one password on every device
+
+/// "café au lait" typed as NFC on one device and as NFD (with a no-break
+/// space) on another is one password (SPEC 7.8): registered in one form,
+/// it logs in with the other through the real vault, and the count resets.
+/// A password preparation refuses is refused before anything is sent.
+#[test]
+fn a_password_registered_as_nfc_logs_in_as_nfd() {
+    let s = stack(5);
+    let a = Device::for_stack(&s, "alice");
+    a.enroll(&s);
+    let nfc = "caf\u{e9} au lait, s'il vous pla\u{ee}t";
+    let nfd = "cafe\u{301} au\u{a0}lait, s'il vous plai\u{302}t";
+    assert_ne!(nfc.as_bytes(), nfd.as_bytes());
+    a.enable_password(nfc);
+    let src = a.path("data");
+    let data = random_file(&src, 100_000, 21);
+    let backup = a.path("data.backup");
+    a.backup(&src, &backup, &[]).ok();
+
+    // A second device, whose keyboard produces the decomposed form.
+    let b = Device::for_stack(&s, "alice");
+    b.enroll(&s);
+    let out = b.path("restored");
+    b.restore_password(&backup, &out, nfd).ok();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let st = b.run(&["status"]);
+    assert!(st.ok().stdout.contains("5 of 5"), "{st:#?}");
+
+    // A tab cannot be typed on every device: refused, nothing spent.
+    std::fs::remove_file(&out).unwrap();
+    b.restore_password(&backup, &out, "caf\u{e9}\tau lait")
+        .fails(2, "no password attempt was used");
+    let st = b.run(&["status"]);
+    assert!(st.ok().stdout.contains("5 of 5"), "{st:#?}");
+    // And a new password is measured in its prepared form.
+    b.run_with(
+        &["change-password", "--password-stdin"],
+        Some(&format!("{nfd}\ncafe\u{301}123\n")),
+    )
+    .fails(2, "has 7 characters");
+}
+
+// ------------------------------------------------------ the last attempt
+
+/// Runs `backupctl ARGS` on a pseudo-terminal (standard input, output and
+/// error all on it, and it the controlling terminal, as at a keyboard).
+fn on_terminal(d: &Device, args: &[&str]) -> rexpect::session::PtySession {
+    let mut c = d.command(args);
+    c.env("COLUMNS", "200");
+    rexpect::session::spawn_command(c, Some(60_000)).expect("spawn backupctl on a pty")
+}
+
+/// Waits for a program on a terminal to end and returns its exit code.
+fn exit_code(p: &rexpect::session::PtySession) -> i32 {
+    match p.process().wait().unwrap() {
+        rexpect::process::WaitStatus::Exited(_, code) => code,
+        other => panic!("backupctl did not exit normally: {other:?}"),
+    }
+}
+
+/// Two wrong passwords on a 3-attempt record: one attempt left.
+fn burn_to_one(a: &Device, backup: &Path, out: &Path) {
+    for wrong in ["wrong password 1", "wrong password 2"] {
+        a.restore_password(backup, out, wrong).fails(3, "attempt");
+    }
+    let st = a.run(&["status"]);
+    assert!(st.ok().stdout.contains("1 of 3"), "{st:#?}");
+}
+
+/// With one attempt left, `backupctl` says that a wrong try erases the key
+/// for good and asks on a terminal before sending the `LoginStart`: "no"
+/// spends nothing. Without a terminal it warns on standard error and goes
+/// on.
+#[test]
+fn the_last_attempt_is_confirmed_on_a_terminal_and_warned_without_one() {
+    let s = stack(3);
+    let a = Device::for_stack(&s, "alice");
+    a.enroll(&s);
+    a.enable_password(PASSWORD);
+    let src = a.path("data");
+    let data = random_file(&src, 50_000, 31);
+    let backup = a.path("data.backup");
+    a.backup(&src, &backup, &[]).ok();
+    let out = a.path("out");
+    let (b, o) = (backup.to_str().unwrap(), out.to_str().unwrap());
+    burn_to_one(&a, &backup, &out);
+
+    // On a terminal: the question comes before the attempt; "no" cancels.
+    let mut p = on_terminal(&a, &["restore", b, "--to", o, "--password"]);
+    p.exp_string("Backup password: ").unwrap();
+    p.send_line("wrong password 3").unwrap();
+    p.exp_string("One password attempt is left").unwrap();
+    p.exp_string("erases the escrowed backup key for good")
+        .unwrap();
+    p.exp_string("[y/N]").unwrap();
+    p.send_line("n").unwrap();
+    p.exp_string("cancelled; nothing was changed").unwrap();
+    assert_eq!(exit_code(&p), 1);
+    let st = a.run(&["status"]);
+    assert!(st.ok().stdout.contains("1 of 3"), "nothing spent: {st:#?}");
+
+    // "yes" with the right password: the login goes ahead and resets.
+    let mut p = on_terminal(&a, &["restore", b, "--to", o, "--password"]);
+    p.exp_string("Backup password: ").unwrap();
+    p.send_line(PASSWORD).unwrap();
+    p.exp_string("[y/N]").unwrap();
+    p.send_line("y").unwrap();
+    p.exp_string("restored 50000 bytes").unwrap();
+    assert_eq!(exit_code(&p), 0);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    std::fs::remove_file(&out).unwrap();
+    let st = a.run(&["status"]);
+    assert!(st.ok().stdout.contains("3 of 3"), "{st:#?}");
+
+    // Piped, with no terminal to ask: a warning, then the login.
+    burn_to_one(&a, &backup, &out);
+    let run = a.restore_password(&backup, &out, PASSWORD);
+    run.ok();
+    assert!(
+        run.stderr
+            .contains("warning: one password attempt is left: if this password is wrong"),
+        "{run:#?}"
+    );
+}
+
+/// A network failure after the last attempt's `LoginStart` went out says
+/// that the key may now be erased and how to check, not that "one
+/// attempt may have been used".
+#[test]
+fn an_interrupted_last_attempt_says_the_key_may_be_erased() {
+    let mut s = stack(3);
+    let proxy = hold_proxy(SocketAddr::from(([127, 0, 0, 1], s.chatd_port)));
+    let a = Device::with(
+        &format!("ws://{}", proxy.addr),
+        &s.chatd.static_key.to_hex(),
+        s.vault.fleet.fleet_id.as_str(),
+        &s.vault.fleet.tunnel_key.to_hex(),
+        "alice",
+    );
+    a.enroll(&s);
+    a.enable_password(PASSWORD);
+    let src = a.path("data");
+    random_file(&src, 50_000, 32);
+    let backup = a.path("data.backup");
+    a.backup(&src, &backup, &[]).ok();
+    let out = a.path("out");
+    let (b, o) = (backup.to_str().unwrap(), out.to_str().unwrap());
+    burn_to_one(&a, &backup, &out);
+    proxy.armed.store(true, Ordering::SeqCst);
+    let mut c = a.command(&["restore", b, "--to", o, "--password-stdin"]);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    proxy
+        .held
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the restore reached its login");
+    s.chatd_proc.kill9();
+    let run = wait_out(child, Duration::from_secs(30));
+    run.fails(6, "may now have erased the escrowed backup key");
+    assert!(run.stderr.contains("run `backupctl status`"), "{run:#?}");
+    assert!(
+        !run.stderr
+            .contains("one password attempt may have been used"),
+        "{run:#?}"
+    );
+    proxy.armed.store(false, Ordering::SeqCst);
+    // This time the LoginStart never reached the vault: still registered.
+    s.chatd_proc = s.chatd.spawn();
+    let st = a.run(&["status"]);
+    assert!(st.ok().stdout.contains("1 of 3"), "{st:#?}");
+}
+
+// ------------------------------------------ interrupted restores leave nothing
+
+/// A real `backupctl restore` of `backup` into the empty folder `into`,
+/// sent `signal` once it has read `after` bytes (and, when `partial_first`,
+/// once its named partial file has appeared). Returns how it ended.
+fn interrupt_restore(
+    d: &Device,
+    backup: &Path,
+    into: &Path,
+    signal: rustix::process::Signal,
+    named_partials: bool,
+) -> std::process::ExitStatus {
+    let out = into.join("restored.tar");
+    let mut c = d.command(&[
+        "restore",
+        backup.to_str().unwrap(),
+        "--to",
+        out.to_str().unwrap(),
+        "--cached-key",
+    ]);
+    if named_partials {
+        c.env("E2EBK_NAMED_TEMP_FILES", "1");
+    }
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let io_file = format!("/proc/{}/io", child.id());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Mid-restore: a good part of the backup read, and (for named partial
+    // files) the partial file there with plaintext in it.
+    loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before the signal"
+        );
+        assert!(Instant::now() < deadline, "the restore never got going");
+        let read = std::fs::read_to_string(&io_file)
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("rchar: "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        let partial_written = std::fs::read_dir(into)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false));
+        if read > 64 << 20 && (partial_written || !named_partials) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rustix::process::kill_process(pid, signal).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!out.exists(), "no output after an interrupted restore");
+    status
+}
+
+/// SIGINT, SIGTERM (and kill -9) during a large restore leave no file in
+/// the target folder: the plaintext is written to an unnamed O_TMPFILE
+/// file, or, where that is not used, to a named partial file removed on
+/// the signal (and, after kill -9, by the next run).
+#[test]
+fn interrupted_restores_leave_no_file_in_the_target_folder() {
+    use std::os::unix::process::ExitStatusExt;
+
+    use rustix::process::Signal;
+    let d = Device::offline();
+    d.run(&["enable", "--manual"]).ok();
+    let src = d.path("big.tar");
+    random_file(&src, 384 << 20, 41);
+    let backup = d.path("big.backup");
+    d.backup(&src, &backup, &[]).ok();
+    std::fs::remove_file(&src).unwrap();
+
+    for named in [false, true] {
+        for (signal, number) in [(Signal::INT, 2), (Signal::TERM, 15)] {
+            let into = tempfile::tempdir().unwrap();
+            let status = interrupt_restore(&d, &backup, into.path(), signal, named);
+            assert_eq!(status.signal(), Some(number), "named {named}: {status:?}");
+            assert!(
+                extra_files(into.path(), &[]).is_empty(),
+                "named {named}, signal {number}: left {:?}",
+                extra_files(into.path(), &[])
+            );
+        }
+    }
+    // kill -9 cannot be caught: an unnamed file still leaves nothing.
+    let into = tempfile::tempdir().unwrap();
+    let status = interrupt_restore(&d, &backup, into.path(), Signal::KILL, false);
+    assert_eq!(status.signal(), Some(9));
+    assert!(extra_files(into.path(), &[]).is_empty());
+    // A named partial file survives kill -9; the next run into the same
+    // name removes it, since its process is gone.
+    let status = interrupt_restore(&d, &backup, into.path(), Signal::KILL, true);
+    assert_eq!(status.signal(), Some(9));
+    let left = extra_files(into.path(), &[]);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with(".restored.tar.") && left[0].ends_with(".partial"));
+    let out = into.path().join("restored.tar");
+    let mut c = d.command(&[
+        "restore",
+        backup.to_str().unwrap(),
+        "--to",
+        out.to_str().unwrap(),
+        "--cached-key",
+    ]);
+    c.env("E2EBK_NAMED_TEMP_FILES", "1");
+    run(c, None).ok();
+    assert_eq!(extra_files(into.path(), &[]), ["restored.tar"]);
+}
+
+// ------------------------------------------------------- object storage
+
+/// file:// backups are private like local ones (mode 0600).
+#[test]
+fn file_url_backups_are_private_like_local_ones() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Device::offline();
+    d.run(&["enable", "--manual"]).ok();
+    let src = d.path("data");
+    random_file(&src, 10_000, 51);
+    let url_target = d.path("nested").join("via-url.backup");
+    d.run(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--to",
+        &format!("file://{}", url_target.display()),
+    ])
+    .ok();
+    let mode = std::fs::metadata(&url_target).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "file:// backup mode {mode:o}");
+}
+
+/// A plain http:// S3 endpoint without AWS_ALLOW_HTTP is a final error
+/// that says what to set, before any request is made.
+#[test]
+fn a_plain_http_endpoint_without_aws_allow_http_is_final_and_says_what_to_set() {
+    let d = Device::offline();
+    d.run(&["enable", "--manual"]).ok();
+    let src = d.path("data");
+    random_file(&src, 10_000, 52);
+    let mut c = d.command(&["backup", src.to_str().unwrap(), "--to", "s3://bucket/key"]);
+    c.env("AWS_ENDPOINT", "http://127.0.0.1:9")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_ALLOW_HTTP");
+    run(c, None).fails(10, "AWS_ALLOW_HTTP=true");
 }

@@ -24,6 +24,7 @@ use backup_client::ClientError;
 use protocol_spec::ids::{AccountId, EnrolmentCode};
 use protocol_spec::keys::StaticSecret;
 use protocol_spec::messages::vault::{RecordState, RegistrationMode, VaultRequest, VaultResponse};
+use protocol_spec::password::Password;
 use protocol_spec::root_key::RootKey;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -154,7 +155,8 @@ async fn register(c: &mut Client, led: &mut Ledger, k: RootKey, mode: Registrati
     if led.locked {
         led.registered_since_lock = true;
     }
-    let (flow, start) = PasswordRegistration::start(b"right password", mode).unwrap();
+    let password = Password::prepare("right password").unwrap();
+    let (flow, start) = PasswordRegistration::start(&password, mode).unwrap();
     let Ok(r) = c.request(&mut t, &start).await else {
         return;
     };
@@ -189,12 +191,13 @@ async fn register(c: &mut Client, led: &mut Ledger, k: RootKey, mode: Registrati
 
 async fn login(c: &mut Client, led: &mut Ledger, right: bool) {
     let Ok(mut t) = c.tunnel().await else { return };
-    let password: &[u8] = if right {
-        b"right password"
+    let password = Password::prepare(if right {
+        "right password"
     } else {
-        b"wrong password"
-    };
-    let (flow, start) = PasswordLogin::start(password).unwrap();
+        "wrong password"
+    })
+    .unwrap();
+    let (flow, start) = PasswordLogin::start(&password).unwrap();
     let r = match c.request(&mut t, &start).await {
         Ok(r) => r,
         // No KE2 seen: the attempt may have been counted; nothing to check.

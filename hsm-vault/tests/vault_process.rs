@@ -550,7 +550,8 @@ fn login_state_expires_and_a_last_attempt_then_erases() {
     let a = account("heidi");
     register(&mut l, &f.fleet, &a, b"pw", &key(10));
     let mut t = tunnel(&mut l, &f.fleet, &a);
-    let (_flow, start) = backup_client::vault_flow::PasswordLogin::start(b"pw").unwrap();
+    let pw = protocol_spec::password::Password::prepare("pw").unwrap();
+    let (_flow, start) = backup_client::vault_flow::PasswordLogin::start(&pw).unwrap();
     assert!(matches!(
         l.request(&mut t, &start).unwrap(),
         VaultResponse::LoginStarted {

@@ -45,6 +45,9 @@ pub enum Error {
     /// A 64-digit key was mistyped; see [`RootKeyError`].
     #[error(transparent)]
     RootKey(#[from] RootKeyError),
+    /// A password cannot be prepared (SPEC 7.8); see [`PasswordError`].
+    #[error(transparent)]
+    Password(#[from] PasswordError),
     /// Unwrapping `wrapped_K` failed: the export key does not match, or the
     /// wrapped key was altered or belongs to another account.
     #[error("the escrowed key does not open with this password")]
@@ -66,6 +69,7 @@ impl Error {
             Error::Decrypt => "decrypt",
             Error::Backup(_) => "backup",
             Error::RootKey(_) => "root_key",
+            Error::Password(_) => "password",
             Error::Unwrap => "unwrap",
         }
     }
@@ -107,4 +111,20 @@ pub enum RootKeyError {
     ChecksumAt { group: usize },
     #[error("a digit is wrong somewhere: the key's check digits do not match; check every group")]
     Checksum,
+}
+
+/// Why a password was refused by preparation (SPEC 7.8), before it is
+/// used for anything: no attempt is spent on it. The messages never show
+/// the password or say where in it the character sits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PasswordError {
+    #[error("the password is empty")]
+    Empty,
+    #[error("the password contains a line break")]
+    LineBreak,
+    #[error("the password contains a control character (such as a tab or an escape), which cannot be typed on every device")]
+    ControlCharacter,
+    #[error("the password contains a byte-order mark (U+FEFF), an invisible character some editors put at the start of a file")]
+    ByteOrderMark,
 }

@@ -4,8 +4,8 @@
 //! normative prose; this crate holds the same rules as code: message types
 //! (generated from `proto/`, wrapped in domain types), the frame codec, size
 //! limits, the tunnel-id rule, the Noise wrapper for the channels, the OPAQUE
-//! cipher suite and its parameters, the key-wrap construction, the backup
-//! file format and the 64-digit key text form.
+//! cipher suite and its parameters, password preparation, the key-wrap
+//! construction, the backup file format and the 64-digit key text form.
 //!
 //! Everything here is pure: no sockets, no async runtime, no clock, no global
 //! randomness. Callers pass in the bytes, keys and random values.
@@ -22,6 +22,7 @@ pub mod limits;
 pub mod messages;
 pub mod noise;
 pub mod opaque;
+pub mod password;
 pub mod retry;
 pub mod root_key;
 pub mod tunnel_ids;

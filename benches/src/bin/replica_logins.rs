@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use backup_client::vault_flow::{self, PasswordRegistration};
 use clap::Parser;
 use e2ebk_benches::summary::fmt_duration;
-use e2ebk_benches::vault::{fleet_secrets, ke1_messages, memory_log, BenchVault, PASSWORD};
+use e2ebk_benches::vault::{fleet_secrets, ke1_messages, memory_log, password, BenchVault};
 use hsm_vault::seal::SoftSealer;
 use opaque_ke::CredentialRequest;
 use protocol_spec::ids::AccountId;
@@ -327,7 +327,7 @@ fn run_setup(setup: &str, args: &Args) -> anyhow::Result<Outcome> {
 
 fn register(link: &mut LinkClient, fleet: &FleetInfo, account: &AccountId) -> anyhow::Result<()> {
     let mut t = link.open_tunnel(account, &fleet.tunnel_key)?;
-    let (flow, start) = PasswordRegistration::start(PASSWORD, RegistrationMode::Create)?;
+    let (flow, start) = PasswordRegistration::start(&password(), RegistrationMode::Create)?;
     let r = link.request(&mut t, &start)?;
     let finish = flow.finish(
         &r,

@@ -3,10 +3,12 @@
 //! This module owns parsing a user's location string into a [`Location`]
 //! and the crash-safe plumbing around the engine:
 //!
-//! - local paths: backups and restored plaintext are written to a temporary
-//!   file (mode 0600) in the destination's directory, fsynced and renamed
-//!   into place only after the engine succeeded (for a restore: after the
-//!   final chunk verified). On any error the temporary file is removed, so a
+//! - local paths (and `file://` backups): backups and restored plaintext
+//!   are written to a staged file (mode 0600) in the destination's
+//!   directory, fsynced and named only after the engine succeeded (for a
+//!   restore: after the final chunk verified). The staged file has no name
+//!   at all where the file system allows, so not even `kill -9` leaves a
+//!   decrypted prefix behind; [`super::staging`] owns those rules. A
 //!   truncated backup or partial plaintext never appears under the final
 //!   name.
 //! - `-`: standard output for backups, standard input for restores.
@@ -27,7 +29,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -35,13 +37,15 @@ use bytes::{Buf, Bytes};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::path::Path as StorePath;
-use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
 use protocol_spec::root_key::RootKey;
 use tokio::runtime::{Handle, Runtime};
 use url::Url;
 
 use super::engine::{self, BackupOptions, BackupStats, Progress, RestoreOptions};
 use super::error::BackupIoError;
+use super::staging::StagedFile;
+use super::upload::{MultipartWriter, PartPlan};
 
 /// A parsed backup location.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,13 +207,6 @@ pub enum RestoreOutput {
     Path(PathBuf),
 }
 
-/// Object-store upload shape: part size and parts in flight bound the
-/// memory an upload uses (`(MAX_PARTS_IN_FLIGHT + 1) * part size`).
-const MIN_PART_SIZE: usize = 8 << 20;
-const MAX_PARTS_IN_FLIGHT: usize = 4;
-/// S3 allows 10,000 parts per upload; leave headroom for the estimate.
-const MAX_PARTS: u64 = 9_000;
-
 /// Encrypts `source` into a new backup at `dest`.
 ///
 /// Local paths (and `file://`) get the backup only after it is complete;
@@ -238,41 +235,63 @@ pub fn backup_to(
                     .map_err(|e| e.relabel(input_label, &label))
             })
         }
+        // A file:// backup is a local file: written like a path (mode 0600,
+        // staged, named once complete), into folders created as needed the
+        // way object stores create prefixes.
+        Location::Object(obj) if obj.kind == StoreKind::LocalFile => {
+            let label = obj.url.to_string();
+            let path = obj
+                .url
+                .to_file_path()
+                .map_err(|()| BackupIoError::BadLocation {
+                    input: label.clone(),
+                    reason: "a file:// URL must name an absolute local path",
+                })?;
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|source| BackupIoError::Io {
+                    action: "create the folder of",
+                    location: label.clone(),
+                    source,
+                })?;
+            }
+            write_atomically(&path, opts.overwrite, |file| {
+                engine::encrypt(source, file, root, opts, progress)
+                    .map_err(|e| e.relabel(input_label, &label))
+            })
+        }
         Location::Object(obj) => {
             let label = obj.url.to_string();
             let store = ObjectTarget::open(obj)?;
             if !opts.overwrite {
                 store.refuse_existing()?;
             }
-            let upload = store
-                .rt
-                .block_on(store.store.put_multipart(&store.path))
-                .map_err(|source| store.error(source))?;
-            let mut writer = MultipartWriter {
-                handle: store.rt.handle(),
-                upload: Some(WriteMultipart::new_with_chunk_size(
-                    upload,
-                    part_size(opts.source_len),
-                )),
-                part_size: part_size(opts.source_len),
-                written: 0,
+            let upload = match store.rt.block_on(store.store.put_multipart(&store.path)) {
+                Ok(upload) => upload,
+                // Starting an upload finds no object to miss: the bucket or
+                // container itself is not there.
+                Err(source @ object_store::Error::NotFound { .. }) => {
+                    return Err(BackupIoError::BucketNotFound {
+                        location: label,
+                        bucket: obj.url.host_str().unwrap_or_default().to_owned(),
+                        source,
+                    })
+                }
+                Err(source) => return Err(store.error(source)),
             };
-            let result = engine::encrypt(source, &mut writer, root, opts, progress)
-                .map_err(|e| e.relabel(input_label, &label));
-            let Some(upload) = writer.upload.take() else {
-                return result;
-            };
-            match result {
+            let mut writer = MultipartWriter::new(
+                store.rt.handle(),
+                upload,
+                PartPlan::for_len(opts.source_len),
+            );
+            match engine::encrypt(source, &mut writer, root, opts, progress)
+                .map_err(|e| e.relabel(input_label, &label))
+            {
                 Ok(stats) => {
-                    store
-                        .rt
-                        .block_on(upload.finish())
-                        .map_err(|source| store.error(source))?;
+                    writer.finish().map_err(|source| store.error(source))?;
                     Ok(stats)
                 }
                 Err(e) => {
-                    // Best effort: the stores also expire abandoned uploads.
-                    let _ = store.rt.block_on(upload.abort());
+                    writer.abort();
                     Err(e)
                 }
             }
@@ -353,17 +372,6 @@ pub fn restore_from(
     }
 }
 
-fn part_size(source_len: Option<u64>) -> usize {
-    let Some(len) = source_len else {
-        return MIN_PART_SIZE;
-    };
-    // Round up to whole MiB so parts stay aligned and readable in logs.
-    let needed = len.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20;
-    usize::try_from(needed)
-        .unwrap_or(usize::MAX)
-        .max(MIN_PART_SIZE)
-}
-
 /// Refuses an output path that is a directory, or that exists when
 /// overwriting was not allowed.
 fn check_output_path(path: &Path, overwrite: bool) -> Result<(), BackupIoError> {
@@ -384,68 +392,54 @@ fn check_output_path(path: &Path, overwrite: bool) -> Result<(), BackupIoError> 
     }
 }
 
-/// Runs `write` against a fresh temporary file next to `path` and renames it
-/// to `path` only if `write` succeeds and the data is on disk. Dropping the
-/// temporary file on any error (or panic) deletes it.
+/// Runs `write` against a fresh staged file next to `path` (see
+/// [`super::staging`]: unnamed where the file system allows, so an
+/// interrupted run leaves nothing) and gives it the name `path` only if
+/// `write` succeeds and the data is on disk. On any error (or panic) the
+/// staged file is discarded.
 fn write_atomically<T>(
     path: &Path,
     overwrite: bool,
     write: impl FnOnce(&mut File) -> Result<T, BackupIoError>,
 ) -> Result<T, BackupIoError> {
-    let shown = || path.display().to_string();
-    let io_err = |action, source| BackupIoError::Io {
-        action,
-        location: shown(),
-        source,
-    };
     check_output_path(path, overwrite)?;
-    let file_name = path.file_name().ok_or_else(|| BackupIoError::BadLocation {
-        input: shown(),
-        reason: "the path does not end with a file name",
-    })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let mut prefix = std::ffi::OsString::from(".");
-    prefix.push(file_name);
-    prefix.push(".");
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".partial");
-    #[cfg(unix)]
-    {
-        // Restored plaintext is private; backups need not be world-readable
-        // either. (tempfile's default is already 0600; say it explicitly.)
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o600));
-    }
-    let mut temp = builder
-        .tempfile_in(&dir)
-        .map_err(|e| io_err("create a temporary file next to", e))?;
-
-    let value = write(temp.as_file_mut())?;
-    temp.as_file()
-        .sync_all()
-        .map_err(|e| io_err("flush to disk", e))?;
-    let persisted = if overwrite {
-        temp.persist(path)
-    } else {
-        // Refuse to replace a file that appeared while we were working.
-        temp.persist_noclobber(path)
-    };
-    if let Err(e) = persisted {
-        // Dropping e.file deletes the temporary file.
-        if e.error.kind() == io::ErrorKind::AlreadyExists {
-            return Err(BackupIoError::OutputExists { location: shown() });
-        }
-        return Err(io_err("rename into", e.error));
-    }
-    // Make the rename itself durable.
-    #[cfg(unix)]
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("flush the directory of", e))?;
+    let mut staged = StagedFile::create(path)?;
+    let value = write(staged.file_mut())?;
+    staged.commit(overwrite)?;
     Ok(value)
+}
+
+/// Refuses an `http://` S3 endpoint unless `AWS_ALLOW_HTTP` allows it,
+/// with the fix, before any request: object_store would otherwise fail
+/// each request with "builder error", which looks like a network fault
+/// worth retrying.
+fn refuse_plain_http(
+    builder: &object_store::aws::AmazonS3Builder,
+    location: &str,
+) -> Result<(), BackupIoError> {
+    use object_store::aws::AmazonS3ConfigKey as Key;
+    use object_store::ClientConfigKey;
+    let endpoint = builder
+        .get_config_value(&Key::S3Endpoint)
+        .or_else(|| builder.get_config_value(&Key::Endpoint));
+    let Some(endpoint) = endpoint else {
+        return Ok(());
+    };
+    let allowed = builder
+        .get_config_value(&Key::Client(ClientConfigKey::AllowHttp))
+        .is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "on" | "yes" | "y"
+            )
+        });
+    if endpoint.to_ascii_lowercase().starts_with("http://") && !allowed {
+        return Err(BackupIoError::PlainHttpEndpoint {
+            location: location.to_owned(),
+            endpoint,
+        });
+    }
+    Ok(())
 }
 
 /// A configured object store, the object's path in it, and the runtime that
@@ -468,12 +462,11 @@ impl ObjectTarget {
         let url = obj.url.as_str();
         let store: Box<dyn ObjectStore> = match obj.kind {
             StoreKind::LocalFile => Box::new(object_store::local::LocalFileSystem::new()),
-            StoreKind::S3 => Box::new(
-                object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(config_err)?,
-            ),
+            StoreKind::S3 => {
+                let builder = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+                refuse_plain_http(&builder, &label)?;
+                Box::new(builder.build().map_err(config_err)?)
+            }
             StoreKind::Gcs => Box::new(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(url)
@@ -487,7 +480,7 @@ impl ObjectTarget {
                     .map_err(config_err)?,
             ),
         };
-        // Two workers: enough to keep MAX_PARTS_IN_FLIGHT uploads moving
+        // Two workers: enough to keep the parts in flight (upload.rs) moving
         // while the engine's threads own the CPU-bound work.
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -518,44 +511,6 @@ impl ObjectTarget {
             Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(source) => Err(self.error(source)),
         }
-    }
-}
-
-/// `Write` over a multipart upload. Writes never cross a part boundary and
-/// wait until fewer than [`MAX_PARTS_IN_FLIGHT`] parts are uploading, so
-/// memory stays bounded however fast the engine produces data.
-struct MultipartWriter<'a> {
-    handle: &'a Handle,
-    upload: Option<WriteMultipart>,
-    part_size: usize,
-    written: u64,
-}
-
-impl Write for MultipartWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let Some(upload) = self.upload.as_mut() else {
-            return Err(io::Error::other("the upload has already finished"));
-        };
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        // `written % part_size` is below part_size, so this fits in usize.
-        let filled = usize::try_from(self.written % self.part_size as u64).unwrap_or(0);
-        let n = buf.len().min(self.part_size - filled);
-        self.handle
-            .block_on(upload.wait_for_capacity(MAX_PARTS_IN_FLIGHT))
-            .map_err(io::Error::other)?;
-        // `write` spawns a part upload when the part fills, which needs the
-        // runtime's context.
-        let _ctx = self.handle.enter();
-        upload.write(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        // Parts go out when full; the rest goes out in `finish`.
-        Ok(())
     }
 }
 

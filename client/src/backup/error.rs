@@ -60,6 +60,20 @@ pub enum BackupIoError {
         source: object_store::Error,
     },
 
+    /// The bucket (or container) a backup was to be uploaded to does not
+    /// exist, or these credentials cannot see it. Not retryable.
+    #[error("the bucket '{bucket}' of {location} does not exist (or these credentials cannot see it); create it, or fix the bucket name in the URL")]
+    BucketNotFound {
+        location: String,
+        bucket: String,
+        source: object_store::Error,
+    },
+
+    /// An S3 endpoint is plain `http://` and `AWS_ALLOW_HTTP` does not
+    /// allow it. Not retryable.
+    #[error("the S3 endpoint {endpoint} for {location} is plain http://, which is refused unless AWS_ALLOW_HTTP=true is set; set it for a local or trusted network (backups are encrypted, but request signatures and object names travel unprotected), or use an https:// endpoint")]
+    PlainHttpEndpoint { location: String, endpoint: String },
+
     /// The output already exists and overwriting was not allowed.
     #[error("{location} already exists; choose another name or allow overwriting it (backupctl: --overwrite)")]
     OutputExists { location: String },

@@ -8,6 +8,9 @@
 //!   `file://`, `s3://`, `gs://`, `az://`) and wraps the engine so that a
 //!   backup or restored plaintext only appears under its final name once it
 //!   is complete and verified.
+//! - [`staging`] stages an output next to its final name and owns what an
+//!   interrupted run leaves behind (nothing, where `O_TMPFILE` works).
+//! - [`upload`] cuts object-store uploads into parts, in bounded memory.
 //! - [`error`] holds [`BackupIoError`], the one error type of this module.
 //!
 //! The file format itself (header, nonces, chunk sealing) belongs to
@@ -16,6 +19,8 @@
 pub mod destination;
 pub mod engine;
 pub mod error;
+pub mod staging;
+pub mod upload;
 
 pub use destination::{
     backup_to, restore_from, Location, ObjectLocation, RestoreOutput, StoreKind,

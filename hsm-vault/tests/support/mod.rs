@@ -25,6 +25,11 @@ pub fn tunnel(l: &mut LinkClient, fleet: &FleetInfo, a: &AccountId) -> Tunnel {
     l.open_tunnel(a, &fleet.tunnel_key).expect("tunnel opens")
 }
 
+/// The prepared form (SPEC 7.8) every client flow takes.
+pub fn prepared(password: &[u8]) -> protocol_spec::password::Password {
+    protocol_spec::password::Password::prepare(std::str::from_utf8(password).unwrap()).unwrap()
+}
+
 /// Registers in `t`; returns the RegisterFinish request that was sent (so
 /// tests can look for its bytes) and the answer.
 pub fn register_in(
@@ -35,7 +40,7 @@ pub fn register_in(
     k: &RootKey,
     mode: RegistrationMode,
 ) -> (Option<VaultRequest>, Result<u32, FlowError>) {
-    let (flow, start) = PasswordRegistration::start(password, mode).unwrap();
+    let (flow, start) = PasswordRegistration::start(&prepared(password), mode).unwrap();
     let r = l.request(t, &start).expect("register start answered");
     let finish = match flow.finish(&r, &t.account, &fleet.fleet_id, k) {
         Ok(f) => f,
@@ -66,7 +71,7 @@ pub fn login_in(
     fleet: &FleetInfo,
     password: &[u8],
 ) -> Result<RootKey, FlowError> {
-    let (flow, start) = PasswordLogin::start(password).unwrap();
+    let (flow, start) = PasswordLogin::start(&prepared(password)).unwrap();
     let r = l.request(t, &start).map_err(tunnel_err)?;
     let (finish, verified) = flow.finish(&r, &t.account, &fleet.fleet_id)?;
     let r = l.request(t, &finish).map_err(tunnel_err)?;
@@ -107,7 +112,7 @@ pub fn login_start_only(
     a: &AccountId,
 ) -> Result<VaultResponse, TunnelError> {
     let mut t = l.open_tunnel(a, &fleet.tunnel_key)?;
-    let (_flow, start) = PasswordLogin::start(b"guess").unwrap();
+    let (_flow, start) = PasswordLogin::start(&prepared(b"guess")).unwrap();
     let r = l.request(&mut t, &start);
     let _ = l.close_tunnel(t);
     r

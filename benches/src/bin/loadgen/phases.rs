@@ -12,6 +12,7 @@ use backup_client::vault_flow::{self, PasswordRegistration};
 use e2ebk_benches::load::Opened;
 use e2ebk_benches::procfs;
 use protocol_spec::messages::vault::{RegistrationMode, VaultRequest, VaultResponse};
+use protocol_spec::password::Password;
 use protocol_spec::root_key::RootKey;
 use tokio::runtime::Runtime;
 
@@ -127,9 +128,11 @@ pub(crate) fn tunnel_phase(
             .open_tunnel(&fleet.tunnel_key, &fleet.fleet_id)
             .await
             .map_err(|e| anyhow!("open tunnel: {e}"))?;
-        let (flow, start) =
-            PasswordRegistration::start(b"loadgen password", RegistrationMode::Create)
-                .map_err(|e| anyhow!("{e}"))?;
+        let (flow, start) = PasswordRegistration::start(
+            &Password::prepare("loadgen password").map_err(|e| anyhow!("{e}"))?,
+            RegistrationMode::Create,
+        )
+        .map_err(|e| anyhow!("{e}"))?;
         let r = c
             .request(&mut t, &start)
             .await

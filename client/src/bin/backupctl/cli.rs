@@ -13,8 +13,10 @@ const ABOUT: &str = "End-to-end encrypted chat backups: enrol this device, prote
 const LONG_ABOUT: &str = "\
 End-to-end encrypted chat backups.
 
-Every backup is encrypted on this device with a random 256-bit backup key K.
-Nobody else can read it: not the chat operator, not the cloud that stores it.
+Every backup is encrypted on this device with a backup key K of 256 bits: 240
+random bits and a 16-bit check value that catches a mistyped 64-digit key.
+Nobody else can read a backup: not the chat operator, not the cloud that
+stores it.
 You keep K in one of two ways:
 
   * a password (`enable --password`): K is escrowed, wrapped, in the
@@ -46,8 +48,18 @@ PROFILE
 WHERE SECRETS COME FROM
   Passwords and the 64-digit key are typed on the terminal without echo, or
   piped in with --password-stdin / --key-stdin (one line; for
-  change-password two lines: old, then new). They are never taken as
+  change-password two lines: old, then new). From standard input, the line
+  ending (the LF and CR characters that end the line) is removed and
+  nothing else: spaces are part of the password. They are never taken as
   command-line arguments, never printed, and wiped from memory after use.
+  A password is the same on every device however it was typed: it is put
+  in one Unicode form first (NFC, with no-break and other wide spaces made
+  plain spaces). A password holding a tab, another control character or a
+  byte-order mark is refused before anything is sent, so no attempt is
+  spent on it.
+  When only one password attempt is left, a wrong (or interrupted) try
+  erases the escrowed key for good: backupctl says so and asks before it
+  tries (without a terminal it warns on standard error and goes on).
   The enrolment code may be given with --code (visible to other local users
   in the process list) or piped with --code-stdin.
   Two files next to the profile are secrets, created with mode 0600 and
@@ -73,6 +85,9 @@ EXIT CODES
   8  device not enrolled, revoked, or the enrolment code was rejected
   9  local file problem: output exists, input not found, permissions, an
      unsafe or damaged key file or profile
+  10 object storage refused for good: the bucket or the backup object does
+     not exist, access was denied, or the storage settings cannot work (an
+     http:// endpoint needs AWS_ALLOW_HTTP=true)
 
 Run `backupctl <command> --help` for each command's details and examples.";
 
@@ -146,10 +161,16 @@ backup key into a backup at --to. The backup appears under its name only once it
 Encryption runs on all cores in bounded memory.\n\n\
 Destinations: a file path, - (standard output), file:///absolute/path, s3://bucket/key, \
 gs://bucket/key, az://container/key (cloud credentials from the cloud's usual environment \
-variables: AWS_*, GOOGLE_*, AZURE_STORAGE_*).",
+variables: AWS_*, GOOGLE_*, AZURE_STORAGE_*). An S3-compatible server elsewhere is named \
+with AWS_ENDPOINT; a plain http:// one also needs AWS_ALLOW_HTTP=true. Local and file:// \
+backups are created with mode 0600. Backups from standard input to object storage can \
+grow to the store's own object limit (5 TiB on S3); upload memory grows with them, to \
+at most 2 GiB.",
         after_help = "Examples:\n  backupctl backup chats.tar --to chats.backup\n  tar c chats | backupctl backup - --to s3://my-bucket/chats.backup\n  \
 backupctl backup chats.tar --to chats.backup --overwrite --chunk-size 4MiB\n\n\
-Exit codes: 0 done, 5 no backup key on this device (run enable), 9 source missing or destination exists."
+Exit codes: 0 done, 5 no backup key on this device (run enable), 6 object storage \
+unreachable, 9 source missing or destination exists, 10 no such bucket, access denied or \
+http:// without AWS_ALLOW_HTTP=true."
     )]
     Backup(BackupArgs),
 
@@ -161,13 +182,18 @@ reordered or tampered backup, or one made with another key, leaves nothing behin
 --to - the data streams out as it verifies; on failure the exit code is the only signal that \
 what was printed is incomplete.)\n\n\
 With --password the vault checks the password and releases the backup key. A wrong password \
-spends one of the limited attempts, so it is never retried automatically. After a successful \
-password restore, the key is cached on this device if it has none.",
+spends one of the limited attempts, so it is never retried automatically; before the last \
+one, backupctl asks. After a successful password restore, the key is cached on this device \
+if it has none.\n\n\
+An interrupted restore (Ctrl-C, kill) leaves no file behind: the output is written without \
+a name until the last chunk verified (or, where the file system cannot do that, as a hidden \
+partial file that is removed on SIGINT/SIGTERM and by the next run).",
         after_help = "Examples:\n  backupctl restore chats.backup --to chats.tar --password\n  \
 backupctl restore s3://my-bucket/chats.backup --to - --key > chats.tar\n  \
 printf '%s\\n' \"$KEY\" | backupctl restore chats.backup --to chats.tar --key-stdin\n\n\
 Exit codes: 0 restored, 2 mistyped key, 3 wrong password, 4 locked, 5 no key in the vault, \
-6 unreachable, 7 backup unreadable, 8 not enrolled (--password), 9 output exists or source missing."
+6 unreachable, 7 backup unreadable, 8 not enrolled (--password), 9 output exists or source missing, \
+10 no such backup object or bucket, or access denied."
     )]
     Restore(RestoreArgs),
 

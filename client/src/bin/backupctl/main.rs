@@ -20,7 +20,7 @@ use backup_client::device::{Device, Enrolment};
 use backup_client::exit::{exit_for, explain};
 use backup_client::profile::{Profile, PROFILE_ENV};
 use backup_client::restore::RestorePlan;
-use backup_client::terminal::{self, TransferProgress};
+use backup_client::terminal::{self, TerminalConsent, TransferProgress};
 use backup_client::ClientError;
 use clap::Parser;
 use protocol_spec::messages::vault::{RecordState, RegistrationMode};
@@ -116,9 +116,7 @@ fn enable_password(profile: Profile, a: EnableArgs) -> Result<(), ClientError> {
     // cannot reach the vault.
     let device = device(profile)?;
     let password = if a.password_stdin {
-        let p = one_stdin_line("new password")?;
-        terminal::check_new_password(&p)?;
-        p
+        terminal::new_password(&one_stdin_line("new password")?)?
     } else {
         terminal::prompt_new_password("New backup password")?
     };
@@ -127,7 +125,7 @@ fn enable_password(profile: Profile, a: EnableArgs) -> Result<(), ClientError> {
     } else {
         RegistrationMode::Create
     };
-    let enabled = block_on(custody::enable_password(&device, password.as_bytes(), mode))?;
+    let enabled = block_on(custody::enable_password(&device, &password, mode))?;
     let profile = device.profile();
     println!(
         "password backups enabled for account {}: the backup key is escrowed in the vault under your password ({} wrong passwords in a row erase it for good)",
@@ -347,13 +345,12 @@ fn restore(profile: Profile, a: RestoreArgs) -> Result<(), ClientError> {
         plan.with_key(RootKey::parse_text(&text)?)
     } else {
         let device = device(profile.clone())?;
-        let password = if a.password_stdin {
+        let password = terminal::password(&if a.password_stdin {
             one_stdin_line("password")?
         } else {
             terminal::prompt_secret("Backup password: ", "--password-stdin")?
-        };
-        terminal::check_password(&password)?;
-        block_on(plan.with_password(&device, password.as_bytes()))?
+        })?;
+        block_on(plan.with_password(&device, &password, &TerminalConsent))?
     };
 
     let progress = TransferProgress::new("restoring");
@@ -390,7 +387,7 @@ fn change_password(profile: Profile, a: ChangePasswordArgs) -> Result<(), Client
     let (old, new) = if a.password_stdin {
         let mut lines = terminal::stdin_lines(2, "old and new password")?.into_iter();
         match (lines.next(), lines.next()) {
-            (Some(old), Some(new)) => (old, new),
+            (Some(old), Some(new)) => (terminal::password(&old)?, terminal::new_password(&new)?),
             _ => {
                 return Err(ClientError::Input(
                     "pipe two lines in: the old password, then the new one".into(),
@@ -398,21 +395,23 @@ fn change_password(profile: Profile, a: ChangePasswordArgs) -> Result<(), Client
             }
         }
     } else {
-        let old = terminal::prompt_secret("Current backup password: ", "--password-stdin")?;
-        terminal::check_password(&old)?;
+        let old = terminal::password(&terminal::prompt_secret(
+            "Current backup password: ",
+            "--password-stdin",
+        )?)?;
         (old, terminal::prompt_new_password("New backup password")?)
     };
-    terminal::check_password(&old)?;
-    terminal::check_new_password(&new)?;
-    if *old == *new {
+    // Compared prepared, as the vault would see them.
+    if old == new {
         return Err(ClientError::Input(
             "the new password is the same as the old one; choose a different one".into(),
         ));
     }
     let changed = block_on(custody::change_password(
         &device,
-        old.as_bytes(),
-        new.as_bytes(),
+        &old,
+        &new,
+        &TerminalConsent,
     ))?;
     println!(
         "password changed: the same backup key is now protected by the new password ({} wrong passwords in a row erase it); existing backups are unaffected",
@@ -443,13 +442,12 @@ Backups made with it can then be restored only with its 64-digit key, if you wro
             return Err(ClientError::Cancelled);
         }
     }
-    let password = if a.password_stdin {
+    let password = terminal::password(&if a.password_stdin {
         one_stdin_line("password")?
     } else {
         terminal::prompt_secret("Backup password: ", "--password-stdin")?
-    };
-    terminal::check_password(&password)?;
-    let disabled = block_on(custody::disable(&device, password.as_bytes()))?;
+    })?;
+    let disabled = block_on(custody::disable(&device, &password, &TerminalConsent))?;
     println!(
         "password backups disabled: the vault no longer holds a backup key for account {}",
         profile.account()
