@@ -191,6 +191,7 @@ impl Vault {
         if matches!(&session.state, SessionState::LoginPending(p) if now.instant >= p.deadline) {
             metrics::counter!("vault_logins_total", "result" => "expired").increment(1);
             self.abandon(now, session);
+            session.login_expired = true;
         }
     }
 
@@ -229,6 +230,10 @@ impl Vault {
         session: &mut VaultSession,
         request: VaultRequest,
     ) -> Result<VaultResponse, Error> {
+        let expired_by_timer = std::mem::take(&mut session.login_expired);
+        if expired_by_timer && matches!(request, VaultRequest::LoginFinish { .. }) {
+            return Ok(vault_error(VaultErrorCode::LoginExpired));
+        }
         if matches!(&session.state, SessionState::LoginPending(p) if now.instant >= p.deadline) {
             metrics::counter!("vault_logins_total", "result" => "expired").increment(1);
             self.abandon(now, session);

@@ -14,6 +14,10 @@ use crate::state::record::RegistrationNonce;
 pub struct VaultSession {
     pub(crate) account: AccountId,
     pub(crate) state: SessionState,
+    /// The driver's timer expired this session's login: a `LoginFinish`
+    /// arriving next is told so (SPEC 8.2), as one that finds the deadline
+    /// passed itself would be.
+    pub(crate) login_expired: bool,
 }
 
 pub(crate) enum SessionState {
@@ -50,6 +54,7 @@ impl VaultSession {
         VaultSession {
             account,
             state: SessionState::Idle,
+            login_expired: false,
         }
     }
 

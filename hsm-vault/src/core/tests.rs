@@ -425,6 +425,16 @@ fn last_attempt_expiring_or_abandoned_erases() {
     f.vault.expire(f.now.after(Duration::from_secs(61)), &mut s);
     assert_eq!(s.state_label(), "idle");
     assert_eq!(f.status(&b).state, RecordState::Locked);
+    // The KE3 that comes after the timer fired is told why (SPEC 8.2).
+    assert_eq!(
+        f.req(
+            &mut s,
+            VaultRequest::LoginFinish {
+                credential_finalization: vec![1; 64]
+            }
+        ),
+        VaultResponse::Error(VaultErrorCode::LoginExpired)
+    );
 
     // And by any other request in the pending session.
     let c = account("heidi");
@@ -864,6 +874,46 @@ mod model {
             } else if st.state == RecordState::Registered {
                 prop_assert_eq!(st.attempts_remaining, MAX - m.spent);
             }
+        }
+    }
+}
+
+/// SPEC 8.2 names the error a late `LoginFinish` gets; the core must give
+/// that one whether the deadline is found by the driver's timer or by the
+/// `LoginFinish` itself. Reads the code from SPEC.md, so the two cannot
+/// drift apart again.
+#[test]
+fn a_late_login_finish_gets_the_error_spec_8_2_names() {
+    let spec = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../protocol-spec/SPEC.md"
+    ))
+    .unwrap();
+    let sentence = spec
+        .split("a `LoginFinish` after that gets")
+        .nth(1)
+        .expect("SPEC 8.2 says what a late LoginFinish gets");
+    let named: u32 = sentence
+        .trim_start()
+        .trim_start_matches("`Error(")
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("an error code");
+    let f = fixture();
+    let a = account("ivan");
+    f.register(&a, b"pw", &root_key(9), RegistrationMode::Create);
+    let late = f.now.after(Duration::from_secs(61));
+    let finish = || VaultRequest::LoginFinish {
+        credential_finalization: vec![1; 64],
+    };
+    let (mut by_request, _) = f.start_login(&a).unwrap();
+    let (mut by_timer, _) = f.start_login(&a).unwrap();
+    f.vault.expire(late, &mut by_timer);
+    for s in [&mut by_request, &mut by_timer] {
+        match f.vault.handle(late, s, finish()) {
+            VaultResponse::Error(code) => assert_eq!(code.value(), named, "{code:?}"),
+            other => panic!("expected Error({named}), got {other:?}"),
         }
     }
 }
