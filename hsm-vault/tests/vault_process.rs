@@ -412,6 +412,13 @@ fn start_up_errors_are_one_clear_message() {
             "{e}"
         );
     }
+    // A misspelt failpoint is refused, not silently ignored (a build
+    // without the `failpoints` feature refuses any value).
+    let e = run(&[("HSM_VAULT_FAILPOINT", "attempt-comitted")]);
+    assert!(
+        e.contains("\"attempt-comitted\" is not a failpoint"),
+        "{e}"
+    );
     // A store served standalone cannot be served as a Raft member (its
     // records were never in the replicated log), nor the reverse.
     let mut standalone = f.spawn();
@@ -581,7 +588,8 @@ fn login_state_expires_and_a_last_attempt_then_erases() {
             }
         )
         .unwrap(),
-        VaultResponse::Error(VaultErrorCode::UnexpectedRequest)
+        VaultResponse::Error(VaultErrorCode::LoginExpired),
+        "a finish after the timer expired the login says so (SPEC.md 8.2)"
     );
     assert_eq!(status(&mut l, &f.fleet, &a).state, RecordState::Locked);
 }

@@ -155,7 +155,9 @@ impl Vault {
         }
     }
 
-    /// Installs a failpoint hook (tests of crash behaviour only).
+    /// Installs a failpoint hook (tests of crash behaviour only: the method
+    /// exists only in builds with the `failpoints` feature).
+    #[cfg(feature = "failpoints")]
     pub fn with_failpoint(mut self, hook: FailpointHook) -> Self {
         self.failpoint = Some(hook);
         self

@@ -164,7 +164,7 @@ impl Replica {
             },
         );
         Ok(Replica {
-            vault: Arc::new(with_failpoint_from_env(vault)),
+            vault: Arc::new(with_failpoint_from_env(vault)?),
             secrets: opened.secrets,
             cfg,
             commits,
@@ -431,19 +431,46 @@ fn announce(replica: &str, link: SocketAddr, admin: SocketAddr, raft: Option<Soc
 
 /// `HSM_VAULT_FAILPOINT=attempt-committed|reset-committed` makes the process
 /// abort at that point, so tests can prove what a crash there preserves.
-fn with_failpoint_from_env(vault: Vault) -> Vault {
-    let point = match std::env::var("HSM_VAULT_FAILPOINT").ok().as_deref() {
+/// Only builds with the `failpoints` feature (the crate's tests) know it; any
+/// other build refuses to start with it set rather than ignore it.
+fn with_failpoint_from_env(vault: Vault) -> Result<Vault, Error> {
+    let Some(value) = std::env::var_os("HSM_VAULT_FAILPOINT") else {
+        return Ok(vault);
+    };
+    if !cfg!(feature = "failpoints") {
+        return Err(Error::Startup(
+            "HSM_VAULT_FAILPOINT is set, but this build has no failpoints (they exist only in \
+             test builds); unset it"
+                .into(),
+        ));
+    }
+    let point = match value.to_str() {
         Some("attempt-committed") => Failpoint::AttemptCommitted,
         Some("reset-committed") => Failpoint::ResetCommitted,
-        _ => return vault,
+        _ => {
+            return Err(Error::Startup(format!(
+                "HSM_VAULT_FAILPOINT={value:?} is not a failpoint: use attempt-committed or \
+                 reset-committed"
+            )))
+        }
     };
     tracing::warn!(
         ?point,
         "HSM_VAULT_FAILPOINT set: this process will abort there (testing only)"
     );
+    Ok(install_failpoint(vault, point))
+}
+
+#[cfg(feature = "failpoints")]
+fn install_failpoint(vault: Vault, point: Failpoint) -> Vault {
     vault.with_failpoint(Box::new(move |p| {
         if p == point {
             std::process::abort();
         }
     }))
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn install_failpoint(vault: Vault, _point: Failpoint) -> Vault {
+    vault
 }
