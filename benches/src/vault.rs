@@ -83,6 +83,7 @@ impl HsmToken {
             pin_file: None,
             so_pin_file: None,
             sessions,
+            require_hardware: false,
         };
         init_master_key(&config, &token.pin, false).expect("create the master key in SoftHSM");
         HsmToken {

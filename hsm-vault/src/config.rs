@@ -155,6 +155,10 @@ pub struct HsmConfig {
     pub so_pin_file: Option<PathBuf>,
     /// Logged-in PKCS#11 sessions kept open (one per worker is enough).
     pub sessions: usize,
+    /// Refuse to serve from a software token (SoftHSM, or any slot that
+    /// does not report itself as hardware). Set it in production: a
+    /// software token's key is a file on the replica's disk.
+    pub require_hardware: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,6 +215,7 @@ impl Default for HsmConfig {
             pin_file: None,
             so_pin_file: None,
             sessions: 8,
+            require_hardware: false,
         }
     }
 }

@@ -19,6 +19,9 @@ pub enum Error {
     /// The master key is not in the token.
     #[error("no master key labelled {0:?} in the token; run `hsm-vault init` (first replica) or the key ceremony (other replicas)")]
     MasterKeyMissing(String),
+    /// `hsm.require_hardware` is set and the token is a software one.
+    #[error("{0}; hsm.require_hardware refuses software tokens (their keys are files on this host): use the HSM's PKCS#11 module, or unset it outside production")]
+    SoftwareToken(String),
     /// `init` found a master key already.
     #[error("a master key labelled {0:?} already exists in the token; refusing to create another")]
     MasterKeyExists(String),
@@ -93,6 +96,7 @@ impl Error {
             Error::WrongPin(_) => "wrong_pin",
             Error::MasterKeyMissing(_) => "master_key_missing",
             Error::MasterKeyExists(_) => "master_key_exists",
+            Error::SoftwareToken(_) => "software_token",
             Error::Hsm { .. } => "hsm",
             Error::Integrity => "integrity",
             Error::FleetSecrets { .. } => "fleet_secrets",

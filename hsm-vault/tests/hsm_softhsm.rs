@@ -14,8 +14,8 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use hsm_vault::config::HsmConfig;
 use hsm_vault::hsm::{
-    approve_import, export_master_key, import_master_key, import_request, init_master_key, Hsm,
-    ImportRequest, WrappedMasterKey,
+    approve_import, export_master_key, import_master_key, import_request, init_master_key,
+    lock_export, Hsm, ImportRequest, WrappedMasterKey,
 };
 use hsm_vault::seal::{random_iv, Sealer, SEAL_OVERHEAD};
 use hsm_vault::Error;
@@ -31,6 +31,7 @@ fn config(token: &Token) -> HsmConfig {
         pin_file: None,
         so_pin_file: None,
         sessions: 2,
+        require_hardware: false,
     }
 }
 
@@ -327,6 +328,51 @@ fn master_key_value_cannot_be_read() {
     ] {
         assert!(attrs.contains(&expected), "{expected:?} not in {attrs:?}");
     }
+    assert_narrow(&session, keys[0]);
+}
+
+/// The master key does AES-GCM and nothing else: the token refuses it any
+/// other mechanism and any use but encryption and decryption.
+fn assert_narrow(session: &Session, key: ObjectHandle) {
+    let attrs = session
+        .get_attributes(
+            key,
+            &[
+                AttributeType::AllowedMechanisms,
+                AttributeType::Wrap,
+                AttributeType::Unwrap,
+                AttributeType::Sign,
+                AttributeType::Verify,
+                AttributeType::Derive,
+            ],
+        )
+        .unwrap();
+    for expected in [
+        Attribute::AllowedMechanisms(vec![MechanismType::AES_GCM]),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
+    ] {
+        assert!(attrs.contains(&expected), "{expected:?} not in {attrs:?}");
+    }
+    // Enforced by the token, not only recorded: AES-CBC and AES-ECB with
+    // the key are refused (either as the mechanism not allowed for it, or
+    // at C_EncryptInit).
+    for mechanism in [Mechanism::AesCbcPad([0; 16]), Mechanism::AesEcb] {
+        let r = session.encrypt(&mechanism, key, &[0u8; 16]);
+        assert!(
+            matches!(
+                r,
+                Err(CkError::Pkcs11(
+                    RvError::MechanismInvalid | RvError::KeyFunctionNotPermitted,
+                    _
+                ))
+            ),
+            "{mechanism:?} with the master key: {r:?}"
+        );
+    }
 }
 
 #[test]
@@ -512,6 +558,7 @@ fn ceremony_copies_the_master_key() {
     ] {
         assert!(attrs.contains(&expected), "{expected:?} not in {attrs:?}");
     }
+    assert_narrow(&raw_b, keys[0]);
     drop(raw_b);
 
     let hsm_b = Hsm::open(&cfg_b, &b.pin).unwrap();
@@ -556,6 +603,61 @@ fn export_of_a_non_exportable_key_fails() {
         matches!(err, CkError::Pkcs11(RvError::KeyUnextractable, _)),
         "{err:?}"
     );
+}
+
+#[test]
+fn lock_export_ends_the_ceremony_for_good() {
+    let (_softhsm, a, b) = two_tokens();
+    let (cfg_a, cfg_b) = (config(&a), config(&b));
+    init_master_key(&cfg_a, &a.pin, true).unwrap();
+    assert!(lock_export(&cfg_a, &a.pin).unwrap(), "it was exportable");
+    assert!(
+        !lock_export(&cfg_a, &a.pin).unwrap(),
+        "a second lock is a no-op"
+    );
+    let request = import_request(&cfg_b, &b.pin).unwrap();
+    approve_import(&cfg_a, &a.so_pin, &request).unwrap();
+    assert_ceremony(
+        export_master_key(&cfg_a, &a.pin, &request),
+        "non-exportable",
+    );
+    // The token refuses to make it extractable again.
+    let session = raw_session(&a);
+    let master = find(&session, ObjectClass::SECRET_KEY, KEY)[0];
+    assert!(session
+        .update_attributes(master, &[Attribute::Extractable(true)])
+        .is_err());
+    assert!(session
+        .get_attributes(master, &[AttributeType::Extractable])
+        .unwrap()
+        .contains(&Attribute::Extractable(false)));
+    drop(session);
+    // And the vault still serves with it.
+    let hsm = Hsm::open(&cfg_a, &a.pin).unwrap();
+    let sealed = hsm
+        .seal(b"aad", random_iv().unwrap(), b"still works")
+        .unwrap();
+    assert_eq!(&hsm.unseal(b"aad", &sealed).unwrap()[..], b"still works");
+}
+
+#[test]
+fn a_production_setting_refuses_a_software_token() {
+    let (_softhsm, token, cfg) = one_token();
+    init_master_key(&cfg, &token.pin, false).unwrap();
+    let strict = HsmConfig {
+        require_hardware: true,
+        ..cfg.clone()
+    };
+    match Hsm::open(&strict, &token.pin) {
+        Err(Error::SoftwareToken(why)) => {
+            let message = Error::SoftwareToken(why.clone()).to_string();
+            assert!(why.contains("SoftHSM") && why.contains("vault-a"), "{why}");
+            assert!(message.contains("hsm.require_hardware"), "{message}");
+        }
+        other => panic!("expected SoftwareToken, got {other:?}"),
+    }
+    // The same token without the setting opens.
+    Hsm::open(&cfg, &token.pin).unwrap();
 }
 
 #[test]

@@ -412,13 +412,16 @@ fn start_up_errors_are_one_clear_message() {
             "{e}"
         );
     }
+    // A production setting refuses the software token this test runs on.
+    let e = run(&[("HSM_VAULT_HSM__REQUIRE_HARDWARE", "true")]);
+    assert!(
+        e.contains("SoftHSM token") && e.contains("hsm.require_hardware"),
+        "{e}"
+    );
     // A misspelt failpoint is refused, not silently ignored (a build
     // without the `failpoints` feature refuses any value).
     let e = run(&[("HSM_VAULT_FAILPOINT", "attempt-comitted")]);
-    assert!(
-        e.contains("\"attempt-comitted\" is not a failpoint"),
-        "{e}"
-    );
+    assert!(e.contains("\"attempt-comitted\" is not a failpoint"), "{e}");
     // A store served standalone cannot be served as a Raft member (its
     // records were never in the replicated log), nor the reverse.
     let mut standalone = f.spawn();

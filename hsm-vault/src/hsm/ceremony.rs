@@ -32,9 +32,12 @@ fn approval_label(fingerprint: &str) -> String {
     format!("e2ebk-import-{fingerprint}")
 }
 
-/// The master key's attributes, whether generated or unwrapped.
-/// `WrapWithTrusted` is what makes the security officer's approval
-/// mandatory for every export.
+/// The master key's attributes, whether generated or unwrapped: the
+/// narrowest the token allows. AES-GCM encryption and decryption only
+/// (`CKA_ALLOWED_MECHANISMS`), no wrapping, signing or derivation with it,
+/// sensitive, and extractable only if `exportable`, and then only wrapped
+/// for a key the security officer marked trusted (`CKA_WRAP_WITH_TRUSTED`).
+/// [`lock_export`] ends exportability for good once every replica has it.
 fn master_key_attributes(key_label: &str, exportable: bool) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
@@ -46,8 +49,92 @@ fn master_key_attributes(key_label: &str, exportable: bool) -> Vec<Attribute> {
         Attribute::WrapWithTrusted(true),
         Attribute::Encrypt(true),
         Attribute::Decrypt(true),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
+        Attribute::AllowedMechanisms(vec![MechanismType::AES_GCM]),
         Attribute::Label(key_label.as_bytes().to_vec()),
     ]
+}
+
+/// Checked each time the vault opens its token: a master key whose value
+/// the token would reveal is refused; one that is still exportable, or that
+/// a token created without the mechanism restriction, is served with a
+/// warning that says what to do.
+pub(super) fn check_master_key(
+    session: &Session,
+    key: ObjectHandle,
+    key_label: &str,
+) -> Result<(), Error> {
+    let attrs = session
+        .get_attributes(
+            key,
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::AllowedMechanisms,
+            ],
+        )
+        .map_err(hsm_err("read master key attributes"))?;
+    let (mut sensitive, mut extractable, mut mechanisms) = (None, None, None);
+    for a in attrs {
+        match a {
+            Attribute::Sensitive(b) => sensitive = Some(b),
+            Attribute::Extractable(b) => extractable = Some(b),
+            Attribute::AllowedMechanisms(m) => mechanisms = Some(m),
+            _ => {}
+        }
+    }
+    if sensitive != Some(true) {
+        return Err(Error::Ceremony(format!(
+            "the master key {key_label:?} is not marked sensitive, so the token would reveal its \
+             value; this vault will not use it (create the fleet's key with `hsm-vault init`)"
+        )));
+    }
+    if extractable == Some(true) {
+        tracing::warn!(
+            key = %key_label,
+            "the master key is still exportable for the key ceremony; once every replica's \
+             token holds it, run `hsm-vault keys lock-export` on each"
+        );
+    }
+    if mechanisms.as_deref() != Some(&[MechanismType::AES_GCM][..]) {
+        tracing::warn!(
+            key = %key_label,
+            "the master key is not restricted to AES-GCM (it predates that rule, or the token \
+             ignores CKA_ALLOWED_MECHANISMS)"
+        );
+    }
+    Ok(())
+}
+
+/// Makes this token's master key non-extractable, for good: PKCS#11 lets
+/// `CKA_EXTRACTABLE` go from true to false only. Run on every token once
+/// every replica holds the key; a later replica then needs a new fleet.
+/// Returns whether the key was exportable before.
+pub fn lock_export(cfg: &HsmConfig, pin: &str) -> Result<bool, Error> {
+    let (_token, session) = step_session(cfg, UserType::User, pin)?;
+    let master = find_master_key(&session, &cfg.key_label)?;
+    if read_bool(&session, master, AttributeType::Extractable)? != Some(true) {
+        return Ok(false);
+    }
+    session
+        .update_attributes(master, &[Attribute::Extractable(false)])
+        .map_err(hsm_err("make the master key non-extractable"))?;
+    if read_bool(&session, master, AttributeType::Extractable)? != Some(false) {
+        return Err(Error::Hsm {
+            op: "make the master key non-extractable",
+            detail: "the token accepted the change but still reports the key extractable".into(),
+        });
+    }
+    tracing::info!(
+        token = %cfg.token_label,
+        key = %cfg.key_label,
+        "master key export locked"
+    );
+    Ok(true)
 }
 
 /// RSA-OAEP with SHA-1 and MGF1-SHA-1, the only OAEP parameters SoftHSM

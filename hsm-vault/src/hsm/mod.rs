@@ -49,6 +49,7 @@ mod token;
 
 pub use ceremony::{
     approve_import, export_master_key, import_master_key, import_request, init_master_key,
+    lock_export,
 };
 pub use ceremony_text::{ImportRequest, WrappedMasterKey};
 pub use sealer::Hsm;

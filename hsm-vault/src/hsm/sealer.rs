@@ -83,8 +83,14 @@ impl Hsm {
     /// fails here rather than on the first request.
     pub fn open(cfg: &HsmConfig, pin: &str) -> Result<Hsm, Error> {
         let token = TokenAccess::connect(&cfg.module, &cfg.token_label, UserType::User, pin)?;
+        if cfg.require_hardware {
+            if let Some(why) = token.software_token()? {
+                return Err(Error::SoftwareToken(why));
+            }
+        }
         let first = token.open_session()?;
         let master_key = find_master_key(&first, &cfg.key_label)?;
+        super::ceremony::check_master_key(&first, master_key, &cfg.key_label)?;
         let pool = SessionPool::fill(token, cfg.sessions, first)?;
         let capacity = pool.capacity;
         let hsm = Hsm {

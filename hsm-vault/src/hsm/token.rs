@@ -95,6 +95,36 @@ impl TokenAccess {
         })
     }
 
+    /// Why this token is a software token, or `None` if its slot says it
+    /// is hardware. A slot without `CKF_HW_SLOT`, or SoftHSM under any
+    /// flags, counts as software: its keys are files on this host's disk.
+    pub(super) fn software_token(&self) -> Result<Option<String>, Error> {
+        let slot = self
+            .ctx
+            .get_slot_info(self.slot)
+            .map_err(hsm_err("slot info"))?;
+        let token = self
+            .ctx
+            .get_token_info(self.slot)
+            .map_err(hsm_err("token info"))?;
+        let maker = token.manufacturer_id().trim().to_owned();
+        if maker.to_ascii_lowercase().contains("softhsm") {
+            return Ok(Some(format!(
+                "token {:?} is a SoftHSM token (manufacturer {maker:?})",
+                self.label
+            )));
+        }
+        if !slot.hardware_slot() {
+            return Ok(Some(format!(
+                "the slot of token {:?} ({}, manufacturer {maker:?}) does not report itself as \
+                 hardware (CKF_HW_SLOT)",
+                self.label,
+                slot.slot_description().trim()
+            )));
+        }
+        Ok(None)
+    }
+
     pub(super) fn open_session(&self) -> Result<Session, Error> {
         let session = self
             .ctx

@@ -41,6 +41,8 @@ Examples:
     replica-1$ hsm-vault --config vault.toml keys export --request req.txt --out master.wrapped
     replica-2$ hsm-vault --config vault.toml keys import --wrapped master.wrapped
     then copy <data_dir>/fleet.sealed from replica 1 to replica 2 (it is sealed).
+  Once every replica's token holds the key, end exportability for good, on each:
+    hsm-vault --config vault.toml keys lock-export
 
   Form a Raft group of three (each replica's [raft] section names its node_id, and its
   [control] section lists the operator keys it accepts), then check it:
@@ -165,6 +167,12 @@ enum KeysCommand {
         #[arg(long, value_name = "FILE")]
         wrapped: PathBuf,
     },
+    /// After the ceremony, on EVERY replica: make this token's master key non-extractable, for good.
+    ///
+    /// PKCS#11 only lets a key go from extractable to non-extractable, so after this no token
+    /// can give the master key to another: a further replica needs its key copied from a
+    /// token that has not run this yet. Until then the vault warns at start-up.
+    LockExport,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -320,6 +328,19 @@ fn keys(cfg: &VaultConfig, command: KeysCommand) -> anyhow::Result<()> {
                 println!(
                     "Copy fleet.sealed from an existing replica into {}, then run `keys show`: it only opens with the fleet's master key.",
                     cfg.data_dir.display()
+                );
+            }
+        }
+        KeysCommand::LockExport => {
+            if hsm::lock_export(&cfg.hsm, &cfg.user_pin()?)? {
+                println!(
+                    "The master key in token {:?} is now non-extractable, for good.",
+                    cfg.hsm.token_label
+                );
+            } else {
+                println!(
+                    "The master key in token {:?} was already non-extractable; nothing changed.",
+                    cfg.hsm.token_label
                 );
             }
         }
