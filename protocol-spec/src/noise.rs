@@ -216,6 +216,12 @@ pub struct AwaitingResponse {
 }
 
 impl AwaitingResponse {
+    /// The handshake hash after message 1: what [`ReadyToRespond`] sees
+    /// too, for binding a signature in message 2 to this handshake.
+    pub fn handshake_hash(&self) -> [u8; HANDSHAKE_HASH_LEN] {
+        hash_of(&self.hs)
+    }
+
     /// Reads message 2; returns its payload and the transport.
     pub fn read_response(mut self, msg: &[u8]) -> Result<(Vec<u8>, Transport), Error> {
         let payload = read_handshake(&mut self.hs, msg)?;
@@ -318,11 +324,23 @@ pub struct ReadyToRespond {
 }
 
 impl ReadyToRespond {
+    /// The handshake hash after message 1 (see
+    /// [`AwaitingResponse::handshake_hash`]).
+    pub fn handshake_hash(&self) -> [u8; HANDSHAKE_HASH_LEN] {
+        hash_of(&self.hs)
+    }
+
     /// Writes message 2 carrying `payload`; returns it and the transport.
     pub fn write_response(mut self, payload: &[u8]) -> Result<(Vec<u8>, Transport), Error> {
         let msg = write_handshake(&mut self.hs, payload)?;
         Ok((msg, Transport::from_handshake(self.hs)?))
     }
+}
+
+fn hash_of(hs: &snow::HandshakeState) -> [u8; HANDSHAKE_HASH_LEN] {
+    let mut h = [0u8; HANDSHAKE_HASH_LEN];
+    h.copy_from_slice(hs.get_handshake_hash());
+    h
 }
 
 fn prologue_for(channel: Channel, account: Option<&AccountId>) -> Result<Vec<u8>, Error> {
@@ -530,10 +548,15 @@ mod tests {
         } else {
             assert_eq!(first.remote_static, None);
         }
+        // Both ends agree on the hash after message 1, and it differs from
+        // the final one.
+        let after_first = waiting.handshake_hash();
+        assert_eq!(first.state.handshake_hash(), after_first);
         let (m2, r_t) = first.state.write_response(b"welcome").unwrap();
         let (p2, i_t) = waiting.read_response(&m2).unwrap();
         assert_eq!(p2, b"welcome");
         assert_eq!(i_t.handshake_hash(), r_t.handshake_hash());
+        assert_ne!(i_t.handshake_hash(), &after_first);
         (i_t, r_t, m1, m2)
     }
 
