@@ -618,3 +618,199 @@ fn a_rolled_back_replica_as_leader_gives_no_spent_attempt_back_and_says_so() {
     let (code, body) = testkit::http_get(c.replicas[r].admin_addr, "/readyz");
     assert_eq!(code, 503, "{body}");
 }
+
+/// Every replica proves its own node key; `cluster remove` retires the
+/// removed node's id and key. A removed replica that comes back (it was
+/// down when it was removed, so it still thinks it is a voter) is refused
+/// by every member, and its node id cannot be added again.
+#[test]
+fn a_removed_replica_is_refused_for_good_and_its_id_never_returns() {
+    let mut c = three();
+    let leader = c.wait_serving(Duration::from_secs(20));
+    let a = account("kept");
+    register(&mut connect(&c, leader), &c.fleet, &a, b"pw", &key(6));
+
+    // Each member's own key is registered (the first replica's by the
+    // leader itself, the others' when they were added).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let keys = loop {
+        let st = c.status(leader).unwrap();
+        let keys = st["node_keys"].as_object().cloned().unwrap_or_default();
+        if keys.len() == 3 {
+            break keys;
+        }
+        assert!(Instant::now() < deadline, "node keys not registered: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let distinct: std::collections::BTreeSet<_> = keys.values().map(|k| k.to_string()).collect();
+    assert_eq!(distinct.len(), 3, "every replica has its own key: {keys:?}");
+    let text = c.cluster_cmd(leader, &["status"]);
+    assert!(!text.contains("not registered yet"), "{text}");
+
+    // Remove a follower while it is down, so it never hears of it.
+    let victim = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let victim_id = c.replicas[victim].node_id;
+    c.kill9(victim);
+    let out = c.cluster_cmd(leader, &["remove", "--node-id", &victim_id.to_string()]);
+    assert!(out.contains("node key retired"), "{out}");
+    let st = c.status(leader).unwrap();
+    assert_eq!(st["retired"], serde_json::json!([victim_id]), "{st}");
+    assert!(st["node_keys"].get(victim_id.to_string()).is_none(), "{st}");
+
+    let admin: Vec<_> = c.replicas.iter().map(|r| r.admin_addr).collect();
+    let refused = |i: usize| {
+        let (_, m) = testkit::http_get(admin[i], "/metrics");
+        testkit::metric(&m, "vault_raft_peer_refused_total{side=\"callee\"}")
+    };
+    let before = refused(leader) + refused(other);
+    // It comes back believing it is a voter of {1,2,3}, hears from no
+    // leader, and campaigns: both members refuse it.
+    c.start(victim);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused(leader) + refused(other) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the removed replica was not refused; leader log:\n{}",
+            c.log(leader)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs = c.log(leader) + &c.log(other);
+    assert!(
+        logs.contains(&format!("node {victim_id} was removed from the group")),
+        "{logs}"
+    );
+    // The group serves throughout, without it.
+    let l = c.wait_serving(Duration::from_secs(20));
+    assert_eq!(
+        login(&mut connect(&c, l), &c.fleet, &a, b"pw").unwrap(),
+        key(6)
+    );
+    let st = c.status(l).unwrap();
+    assert_eq!(st["voters"].as_array().unwrap().len(), 2, "{st}");
+
+    // Its node id never comes back.
+    let err = c.cluster_cmd_err(
+        l,
+        &[
+            "add-learner",
+            "--node",
+            &c.replicas[victim].control_addr.to_string(),
+        ],
+    );
+    assert!(
+        err.contains(&format!("node id {victim_id} was removed from this group")),
+        "{err}"
+    );
+}
+
+/// A membership change that loses the replicas it needs between its quorum
+/// check and its commit can never commit, and blocks every later change.
+/// The operator is told so, and `cluster recover` on the survivor with the
+/// most complete log brings the group back, with every registration and
+/// spent attempt, to take new replicas.
+#[test]
+fn a_stuck_membership_change_is_reported_and_recovered_by_the_documented_command() {
+    const SIGKILL: i32 = 9;
+    const SIGSTOP: i32 = 19;
+    let mut c = VaultCluster::new(5, VaultOptions::default());
+    for i in 0..4 {
+        c.start(i);
+    }
+    c.cluster_cmd(0, &["init"]);
+    c.wait_leader(Duration::from_secs(20));
+    for i in 1..3 {
+        let node = c.replicas[i].control_addr.to_string();
+        c.cluster_cmd(0, &["add-learner", "--node", &node]);
+        c.cluster_cmd(
+            0,
+            &["promote", "--node-id", &c.replicas[i].node_id.to_string()],
+        );
+    }
+    let node4 = c.replicas[3].control_addr.to_string();
+    c.cluster_cmd(0, &["add-learner", "--node", &node4]);
+    let leader = c.wait_serving(Duration::from_secs(20));
+    assert_eq!(leader, 0, "replica 1 leads the group it made");
+    let a = account("survivor");
+    {
+        let mut l = connect(&c, leader);
+        register(&mut l, &c.fleet, &a, b"pw", &key(8));
+        for _ in 0..2 {
+            assert!(login(&mut l, &c.fleet, &a, b"wrong").is_err());
+        }
+        assert_eq!(status(&mut l, &c.fleet, &a).attempts_remaining, 3);
+    }
+
+    // Node 4 freezes; promoting it is checked against the voters that
+    // answer ({1,2,3}: a quorum of {1,2,3,4}) and proposed, and node 3
+    // dies before the change can commit: {1,2} are not a majority of
+    // {1,2,3,4}, so it never will.
+    c.signal(3, SIGSTOP);
+    let promote_err = std::thread::scope(|s| {
+        let promote = s.spawn(|| c.cluster_cmd_err(0, &["promote", "--node-id", "4"]));
+        // Node 3's probe answers at once; node 4's takes its 5 s timeout.
+        std::thread::sleep(Duration::from_secs(2));
+        c.signal(2, SIGKILL);
+        promote.join().unwrap()
+    });
+    assert!(
+        promote_err.contains("has not committed within") && promote_err.contains("cluster recover"),
+        "{promote_err}"
+    );
+    c.signal(3, SIGKILL);
+    let err = c.cluster_cmd_err(0, &["remove", "--node-id", "4"]);
+    assert!(err.contains("cluster recover"), "{err}");
+
+    // Recovery: stop the survivors, compare, recover the most complete.
+    c.kill9(0);
+    c.kill9(1);
+    c.kill9(2);
+    c.kill9(3);
+    let mut best = None;
+    for i in [0, 1] {
+        let (ok, out) = c.recover_cmd(i, &["--output", "json"]);
+        assert!(ok, "{out}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["change_pending"], true, "{v}");
+        let last = (
+            v["last_log"][0].as_u64().unwrap(),
+            v["last_log"][1].as_u64().unwrap(),
+        );
+        if best.is_none_or(|(_, b)| last > b) {
+            best = Some((i, last));
+        }
+    }
+    let (chosen, _) = best.unwrap();
+    let (ok, out) = c.recover_cmd(chosen, &["--yes"]);
+    assert!(ok && out.contains("now the only voter"), "{out}");
+    let (ok, out) = c.recover_cmd(chosen, &["--yes"]);
+    assert!(!ok && out.contains("already the only voter"), "{out}");
+    c.start(chosen);
+    let l = c.wait_serving(Duration::from_secs(30));
+    assert_eq!(l, chosen);
+    {
+        let mut link = connect(&c, l);
+        assert_eq!(status(&mut link, &c.fleet, &a).attempts_remaining, 3);
+        assert_eq!(login(&mut link, &c.fleet, &a, b"pw").unwrap(), key(8));
+    }
+
+    // New replicas join as usual; the old ids are retired.
+    c.start(4);
+    let node5 = c.replicas[4].control_addr.to_string();
+    c.cluster_cmd(chosen, &["add-learner", "--node", &node5]);
+    c.cluster_cmd(chosen, &["promote", "--node-id", "5"]);
+    for old in (1..=4).filter(|n| *n != c.replicas[chosen].node_id) {
+        c.cluster_cmd(chosen, &["remove", "--node-id", &old.to_string()]);
+    }
+    let st = c.status(chosen).unwrap();
+    let mut voters: Vec<u64> = serde_json::from_value(st["voters"].clone()).unwrap();
+    voters.sort_unstable();
+    assert_eq!(voters, vec![c.replicas[chosen].node_id, 5], "{st}");
+    let l = c.wait_serving(Duration::from_secs(20));
+    assert_eq!(
+        status(&mut connect(&c, l), &c.fleet, &a).attempts_remaining,
+        5,
+        "the right password reset the count before the new replica joined"
+    );
+}

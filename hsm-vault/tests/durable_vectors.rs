@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! Golden vectors for the vault's durable and internal formats: a sealed
-//! record body, a stored record, a command, a Raft log entry,
-//! `fleet.sealed`, and the replica-to-replica handshake payloads. Any change
+//! record body, a stored record, a command, a Raft log entry, the node key
+//! table's log commands, `fleet.sealed`, a sealed node key, and the
+//! replica-to-replica handshake payloads and node key proofs. Any change
 //! to these bytes fails here; a replica of the new build could no longer
 //! read its store, its log, or its peers. If a change is intended, bump the
 //! format's version byte, rerun with `E2EBK_BLESS=1` and review the diff in
@@ -18,6 +19,8 @@ mod vectors;
 use hsm_vault::entropy::SeededEntropy;
 use hsm_vault::raft::codec;
 use hsm_vault::raft::identity::{GroupId, PeerHello, PeerWelcome};
+use hsm_vault::raft::log_command::LogCommand;
+use hsm_vault::raft::peer_keys::{NodeKey, NodeProof, NodeSigner, PeerKeyChange, ProofRole};
 use hsm_vault::raft::VaultRaft;
 use hsm_vault::seal::SoftSealer;
 use hsm_vault::secrets::{FleetParams, FleetSecrets};
@@ -68,8 +71,35 @@ fn command() -> Command {
 fn log_entry() -> Entry<VaultRaft> {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(7, 2), 42),
-        payload: EntryPayload::Normal(command()),
+        payload: EntryPayload::Normal(LogCommand::Record(command())),
     }
+}
+
+fn register_key() -> LogCommand {
+    LogCommand::PeerKey(PeerKeyChange::Register {
+        node: 4,
+        key: NodeKey([0x44; 32]),
+    })
+}
+
+fn retire_node() -> LogCommand {
+    LogCommand::PeerKey(PeerKeyChange::Retire { node: 3 })
+}
+
+fn node_signer() -> NodeSigner {
+    NodeSigner::from_seed(&[0x11; 32]).unwrap()
+}
+
+/// A proof over a fixed handshake hash (Ed25519 signatures are
+/// deterministic).
+fn proof(role: ProofRole, node: u64) -> NodeProof {
+    node_signer().prove(role, GroupId([0xab; 16]), node, &[0x22; 32])
+}
+
+fn sealed_node_key() -> Vec<u8> {
+    NodeSigner::create(2, &SoftSealer::new(SEAL_KEY), &SeededEntropy::new(9))
+        .unwrap()
+        .1
 }
 
 fn fleet_sealed() -> Vec<u8> {
@@ -97,10 +127,12 @@ fn welcomes() -> [PeerWelcome; 2] {
         PeerWelcome {
             node: 2,
             group: Some(GroupId([0xab; 16])),
+            proof: proof(ProofRole::Responder, 2),
         },
         PeerWelcome {
             node: 3,
             group: None,
+            proof: proof(ProofRole::Responder, 3),
         },
     ]
 }
@@ -132,7 +164,10 @@ fn durable_and_internal_formats_match_their_golden_bytes() {
             "raft_log_entry".into(),
             codec::encode("log entry", &log_entry()).unwrap(),
         ),
+        ("log_command_register_key".into(), register_key().encode()),
+        ("log_command_retire_node".into(), retire_node().encode()),
         ("fleet_sealed".into(), fleet_sealed()),
+        ("sealed_node_key".into(), sealed_node_key()),
         (
             "peer_hello".into(),
             codec::encode("peer hello", &hello()).unwrap(),
@@ -145,14 +180,20 @@ fn durable_and_internal_formats_match_their_golden_bytes() {
             "peer_welcome_no_group".into(),
             codec::encode("peer welcome", &welcome_no_group).unwrap(),
         ),
+        (
+            "peer_initiator_proof".into(),
+            codec::encode("peer proof", &proof(ProofRole::Initiator, 1)).unwrap(),
+        ),
     ];
     vectors::check(
         FILE,
         "The vault's durable and internal formats, from fixed inputs (see\n\
          hsm-vault/tests/durable_vectors.rs): record bodies, a sealed body and its\n\
          stored record (software sealer, key 0x3c x 32, seeded IV), a compare-and-set\n\
-         command, a Raft log entry (postcard), fleet.sealed (seeded secrets), and the\n\
-         peer handshake payloads (postcard).",
+         command, a Raft log entry (postcard), the node key table's log commands,\n\
+         fleet.sealed (seeded secrets), a sealed node key (seeded), and the peer\n\
+         handshake payloads and node key proofs (postcard; Ed25519 from seed 0x11 x 32\n\
+         over handshake hash 0x22 x 32).",
         &actual,
     );
 }
@@ -184,7 +225,28 @@ fn golden_bytes_decode_back() {
     );
     let entry: Entry<VaultRaft> = codec::decode("log entry", &g["raft_log_entry"]).unwrap();
     assert_eq!(entry.log_id, log_entry().log_id);
-    assert!(matches!(entry.payload, EntryPayload::Normal(c) if c == command()));
+    assert!(matches!(entry.payload, EntryPayload::Normal(LogCommand::Record(c)) if c == command()));
+    assert_eq!(
+        LogCommand::decode(&g["log_command_register_key"]).unwrap(),
+        register_key()
+    );
+    assert_eq!(
+        LogCommand::decode(&g["log_command_retire_node"]).unwrap(),
+        retire_node()
+    );
+    let opened = NodeSigner::open(&g["sealed_node_key"], 2, &sealer).unwrap();
+    assert_eq!(
+        opened.public(),
+        NodeSigner::create(2, &sealer, &SeededEntropy::new(9))
+            .unwrap()
+            .0
+            .public()
+    );
+    let initiator: NodeProof = codec::decode("peer proof", &g["peer_initiator_proof"]).unwrap();
+    assert_eq!(
+        initiator.verify(ProofRole::Initiator, GroupId([0xab; 16]), 1, &[0x22; 32]),
+        Ok(node_signer().public())
+    );
     let secrets = FleetSecrets::unseal(&sealer, &g["fleet_sealed"]).unwrap();
     assert_eq!(secrets.fleet_id.as_str(), "golden-fleet");
     assert_eq!(secrets.params.max_attempts, 10);

@@ -197,6 +197,29 @@ impl VaultCluster {
         }
     }
 
+    /// Sends `sig` to replica `i` (SIGSTOP to freeze it where it stands).
+    pub fn signal(&self, i: usize, sig: i32) {
+        if let Some(p) = &self.procs[i] {
+            p.signal(sig);
+        }
+    }
+
+    /// `hsm-vault cluster recover ...` on replica `i` (stopped): its
+    /// outcome and output.
+    pub fn recover_cmd(&self, i: usize, args: &[&str]) -> (bool, String) {
+        let mut c = self.cmd(i);
+        c.args(["cluster", "recover"]).args(args);
+        let out = c.output().expect("run hsm-vault cluster recover");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.procs[i].is_some()
     }

@@ -3,7 +3,10 @@
 //!
 //! - `add-learner` only for a replica that answers on its peer address as
 //!   the node it claims to be, with this fleet's peer key, in this group or
-//!   in none (the handshake proves it);
+//!   in none, proving a node key the group does not refuse (the handshake
+//!   proves it); that key is registered before the replica is added;
+//! - `remove` retires the removed node's id and key: no replica serves it
+//!   again ([`crate::raft::peer_keys`]);
 //! - `promote` only for a learner that has caught up and answers now;
 //! - `promote` and `remove` only if the voters of the new configuration
 //!   that answer now are a quorum of it: a change that would leave no
@@ -22,12 +25,17 @@ use serde_json::json;
 
 use super::protocol::{ControlAnswer, ControlRequest, SelfInfo};
 use crate::raft::identity::PeerIdentity;
+use crate::raft::log_command::LogCommand;
 use crate::raft::network::PeerNetwork;
-use crate::raft::{status, ClusterStatus, VaultNode, VaultRaft};
+use crate::raft::peer_keys::{NodeKey, PeerKeyChange, PeerKeyOutcome, PeerKeys};
+use crate::raft::{status, ClusterStatus, CommandOutcome, VaultNode, VaultRaft};
 
 /// How long `add-learner` waits for the new replica to catch up before
 /// answering (it stays a learner and keeps catching up either way).
 pub const LEARNER_CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+/// How long a membership change may take to commit before the operator is
+/// told it is stuck.
+const CHANGE_COMMIT_WAIT: Duration = Duration::from_secs(20);
 /// How long a replica has to answer a probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How far behind the leader's log a learner may be and still count as
@@ -42,7 +50,14 @@ pub struct Membership {
     pub identity: Arc<PeerIdentity>,
     /// To probe other replicas the way Raft reaches them.
     pub network: PeerNetwork,
+    /// The group's node keys, as this replica applied them.
+    pub keys: Arc<PeerKeys>,
 }
+
+/// How often the leader looks for members whose node key is not
+/// registered yet (itself after `cluster init`, every member of a group
+/// formed before node keys).
+const REGISTER_EVERY: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Membership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -104,9 +119,54 @@ impl Membership {
     }
 
     fn status(&self) -> ClusterStatus {
+        let keys = self.keys.table();
         ClusterStatus {
             group: self.identity.group(),
+            node_keys: keys.registered,
+            retired: keys.retired.into_keys().collect(),
             ..status(&self.raft)
+        }
+    }
+
+    /// Proposes one change to the node key table and says how it applied.
+    async fn propose_key(&self, change: PeerKeyChange) -> Result<(), String> {
+        match self.raft.client_write(LogCommand::PeerKey(change)).await {
+            Ok(r) => match r.data {
+                CommandOutcome::PeerKey(PeerKeyOutcome::Applied) => Ok(()),
+                CommandOutcome::PeerKey(PeerKeyOutcome::Refused(why)) => Err(why),
+                other => Err(format!("unexpected outcome {other:?}")),
+            },
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// While this replica leads: registers its own node key, and the key
+    /// each member with none registered proved on a connection. Runs until
+    /// the process ends.
+    pub async fn keep_keys_registered(&self) {
+        let mut tick = tokio::time::interval(REGISTER_EVERY);
+        loop {
+            tick.tick().await;
+            let s = status(&self.raft);
+            if s.leader != Some(s.node_id) {
+                continue;
+            }
+            let members: Vec<u64> = s.voters.iter().chain(&s.learners).copied().collect();
+            let mut pending: Vec<(u64, NodeKey)> = self.keys.unregistered_members(&members);
+            let table = self.keys.table();
+            if !table.registered.contains_key(&s.node_id) && !table.retired.contains_key(&s.node_id)
+            {
+                pending.push((s.node_id, self.network.node_key()));
+            }
+            for (node, key) in pending {
+                match self
+                    .propose_key(PeerKeyChange::Register { node, key })
+                    .await
+                {
+                    Ok(()) => tracing::info!(node, key = %key.fingerprint(), "node key registered"),
+                    Err(e) => tracing::warn!(node, "node key not registered: {e}"),
+                }
+            }
         }
     }
 
@@ -141,8 +201,8 @@ impl Membership {
     }
 
     /// Whether replica `id` answers at `node`'s peer address as itself,
-    /// in this group (or joins it).
-    async fn probe(&self, id: u64, node: &VaultNode) -> Result<(), String> {
+    /// in this group (or joins it), and the node key it proved.
+    async fn probe(&self, id: u64, node: &VaultNode) -> Result<NodeKey, String> {
         self.network
             .probe(id, &node.raft_addr, PROBE_TIMEOUT)
             .await
@@ -216,12 +276,37 @@ impl Membership {
                 who.node_id
             ));
         }
-        // Only a replica that answers there, as that node, with this
-        // fleet's peer key, in this group or in none, becomes a learner.
-        if let Err(e) = self.probe(who.node_id, &who.node).await {
+        if self.keys.table().retired.contains_key(&who.node_id) {
             return refused(format!(
-                "node {} does not answer as a replica of this fleet at {}: {e}",
-                who.node_id, who.node.raft_addr
+                "node id {} was removed from this group and is never used again: give the \
+                 replica a new node_id (and an empty data folder)",
+                who.node_id
+            ));
+        }
+        // Only a replica that answers there, as that node, with this
+        // fleet's peer key, in this group or in none, with a node key the
+        // group does not refuse, becomes a learner; its key is registered
+        // first.
+        let key = match self.probe(who.node_id, &who.node).await {
+            Ok(k) => k,
+            Err(e) => {
+                return refused(format!(
+                    "node {} does not answer as a replica of this fleet at {}: {e}",
+                    who.node_id, who.node.raft_addr
+                ))
+            }
+        };
+        if let Err(e) = self
+            .propose_key(PeerKeyChange::Register {
+                node: who.node_id,
+                key,
+            })
+            .await
+        {
+            return refused(format!(
+                "cannot register node {}'s node key {}: {e}",
+                who.node_id,
+                key.fingerprint()
             ));
         }
         let added = tokio::time::timeout(
@@ -237,8 +322,8 @@ impl Membership {
                 LEARNER_CATCH_UP_WAIT.as_secs()
             )),
             Ok(Ok(_)) => {
-                tracing::info!(node = who.node_id, "learner added and caught up");
-                ControlAnswer::Done(json!({ "learner": who.node_id }))
+                tracing::info!(node = who.node_id, key = %key.fingerprint(), "learner added and caught up");
+                ControlAnswer::Done(json!({ "learner": who.node_id, "node_key": key }))
             }
             Ok(Err(e)) => refused(format!("cannot add learner: {e}")),
         }
@@ -279,28 +364,66 @@ impl Membership {
     async fn remove(&self, id: u64) -> ControlAnswer {
         let s = status(&self.raft);
         let mut voters: BTreeSet<u64> = s.voters.iter().copied().collect();
-        if s.learners.contains(&id) {
-            return self
-                .change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
-                .await;
+        let removed = if s.learners.contains(&id) {
+            self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                .await
+        } else if voters.remove(&id) {
+            if voters.is_empty() {
+                return refused("cannot remove the last voter");
+            }
+            if let Err(e) = self.check_quorum(&voters).await {
+                return refused(e);
+            }
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                .await
+        } else {
+            let table = self.keys.table();
+            if table.retired.contains_key(&id) {
+                return refused(format!("node {id} was removed already"));
+            }
+            if !table.registered.contains_key(&id) {
+                return refused(format!("node {id} is not a member"));
+            }
+            // Out of the membership, but its key was never retired (a
+            // remove interrupted by a leader change): finish it.
+            ControlAnswer::Done(json!({ "voters": s.voters }))
+        };
+        let ControlAnswer::Done(mut done) = removed else {
+            return removed;
+        };
+        // Revoke: no replica serves this node id or its key again.
+        match self.propose_key(PeerKeyChange::Retire { node: id }).await {
+            Ok(()) => {
+                tracing::info!(node = id, "node removed and its key retired");
+                done["retired"] = json!(id);
+                ControlAnswer::Done(done)
+            }
+            Err(e) => refused(format!(
+                "node {id} is out of the group, but its node key could not be retired ({e}); \
+                 run `cluster remove --node-id {id}` again to finish"
+            )),
         }
-        if !voters.remove(&id) {
-            return refused(format!("node {id} is not a member"));
-        }
-        if voters.is_empty() {
-            return refused("cannot remove the last voter");
-        }
-        if let Err(e) = self.check_quorum(&voters).await {
-            return refused(e);
-        }
-        self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
-            .await
     }
 
     /// Applies a checked change as a delta (not a replacement of the whole
     /// voter set), so two changes cannot undo each other.
     async fn change(&self, change: ChangeMembers<u64, VaultNode>) -> ControlAnswer {
-        match self.raft.change_membership(change, false).await {
+        let changed = tokio::time::timeout(
+            CHANGE_COMMIT_WAIT,
+            self.raft.change_membership(change, false),
+        )
+        .await;
+        let Ok(changed) = changed else {
+            return refused(format!(
+                "the change was proposed but has not committed within {} s: the replicas it \
+                 needs do not answer. It completes by itself when they come back, and no other \
+                 change is accepted until then. If they are gone for good, the group can only \
+                 be recovered by hand: `hsm-vault cluster recover` on a stopped survivor (see \
+                 its --help)",
+                CHANGE_COMMIT_WAIT.as_secs()
+            ));
+        };
+        match changed {
             Ok(r) => {
                 let voters: BTreeSet<u64> = r
                     .membership()
@@ -309,7 +432,23 @@ impl Membership {
                     .unwrap_or_default();
                 ControlAnswer::Done(json!({ "voters": voters }))
             }
-            Err(e) => refused(format!("membership change failed: {e}")),
+            Err(e) => {
+                let stuck = if matches!(
+                    &e,
+                    openraft::error::RaftError::APIError(
+                        openraft::error::ClientWriteError::ChangeMembershipError(
+                            openraft::error::ChangeMembershipError::InProgress(_)
+                        )
+                    )
+                ) {
+                    " (an earlier change has not committed: it completes when the replicas it \
+                     needs answer; if they are gone for good, see `hsm-vault cluster recover \
+                     --help`)"
+                } else {
+                    ""
+                };
+                refused(format!("membership change failed: {e}{stuck}"))
+            }
         }
     }
 }

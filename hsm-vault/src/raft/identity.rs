@@ -26,11 +26,12 @@ use parking_lot::Mutex;
 use redb::Database;
 use serde::{Deserialize, Serialize};
 
+use super::peer_keys::NodeProof;
 use super::storage::{meta_get, meta_put, VOTE_KEY};
 use crate::state::store::RecordStore;
 use crate::Error;
 
-const GROUP_KEY: &str = "raft_group";
+pub(super) const GROUP_KEY: &str = "raft_group";
 
 /// A Raft group's identity. Serialised as 32 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,11 +132,13 @@ pub struct PeerHello {
 }
 
 /// The responder's handshake payload: who it is, whether or not it admits
-/// the initiator.
+/// the initiator, and the proof of its node key over the handshake hash
+/// after message 1 ([`super::peer_keys`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerWelcome {
     pub node: u64,
     pub group: Option<GroupId>,
+    pub proof: NodeProof,
 }
 
 /// This replica's node id and group, shared by the peer listener, the peer
@@ -246,10 +249,11 @@ impl PeerIdentity {
         })
     }
 
-    pub fn welcome(&self) -> PeerWelcome {
+    pub fn welcome(&self, proof: NodeProof) -> PeerWelcome {
         PeerWelcome {
             node: self.node_id,
             group: self.group(),
+            proof,
         }
     }
 }
@@ -305,6 +309,17 @@ mod tests {
         PeerHello { from, to, group }
     }
 
+    fn welcome(node: u64, group: Option<GroupId>) -> PeerWelcome {
+        PeerWelcome {
+            node,
+            group,
+            proof: NodeProof {
+                key: super::super::peer_keys::NodeKey([0; 32]),
+                signature: vec![0; 64],
+            },
+        }
+    }
+
     #[test]
     fn a_new_replica_joins_the_first_group_durably_and_refuses_others() {
         let dir = tempfile::tempdir().unwrap();
@@ -349,46 +364,16 @@ mod tests {
     fn the_initiator_names_who_it_found_instead() {
         let g = GroupId([9; 16]);
         let h = hello(1, 2, g);
-        assert!(check_welcome(
-            &h,
-            &PeerWelcome {
-                node: 2,
-                group: Some(g)
-            },
-            "x"
-        )
-        .is_ok());
-        let e = check_welcome(
-            &h,
-            &PeerWelcome {
-                node: 3,
-                group: Some(g),
-            },
-            "10.0.0.3:7180",
-        )
-        .unwrap_err()
-        .to_string();
+        assert!(check_welcome(&h, &welcome(2, Some(g)), "x").is_ok());
+        let e = check_welcome(&h, &welcome(3, Some(g)), "10.0.0.3:7180")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("the replica at 10.0.0.3:7180 is node 3"), "{e}");
-        let e = check_welcome(
-            &h,
-            &PeerWelcome {
-                node: 2,
-                group: Some(GroupId([8; 16])),
-            },
-            "x",
-        )
-        .unwrap_err()
-        .to_string();
+        let e = check_welcome(&h, &welcome(2, Some(GroupId([8; 16]))), "x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&GroupId([8; 16]).to_string()), "{e}");
-        assert!(check_welcome(
-            &h,
-            &PeerWelcome {
-                node: 2,
-                group: None
-            },
-            "x"
-        )
-        .is_err());
+        assert!(check_welcome(&h, &welcome(2, None), "x").is_err());
     }
 
     #[test]

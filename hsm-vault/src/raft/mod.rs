@@ -15,7 +15,10 @@
 pub mod agreement;
 pub mod codec;
 pub mod identity;
+pub mod log_command;
 pub mod network;
+pub mod peer_keys;
+pub mod recovery;
 pub mod role;
 pub mod storage;
 
@@ -46,15 +49,20 @@ pub struct VaultNode {
     pub control_addr: String,
 }
 
-/// What applying one log entry produced (nothing for blank and membership
-/// entries).
+/// What applying one log entry produced.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct CommandOutcome(pub Option<ApplyOutcome>);
+pub enum CommandOutcome {
+    /// A blank or membership entry.
+    #[default]
+    Nothing,
+    Record(ApplyOutcome),
+    PeerKey(peer_keys::PeerKeyOutcome),
+}
 
 openraft::declare_raft_types!(
     /// The vault's Raft type configuration.
     pub VaultRaft:
-        D = Command,
+        D = log_command::LogCommand,
         R = CommandOutcome,
         NodeId = u64,
         Node = VaultNode,
@@ -141,15 +149,14 @@ impl Records for ReplicatedRecords {
         let Command::PutRecord { record, .. } = &cmd;
         let digest = agreement::record_digest(&account, Some(record));
         let started = std::time::Instant::now();
-        let written = self
-            .rt
-            .block_on(async { tokio::time::timeout(self.timeout, raft.client_write(cmd)).await });
+        let written = self.rt.block_on(async {
+            tokio::time::timeout(self.timeout, raft.client_write(cmd.into())).await
+        });
         match written {
             Ok(Ok(resp)) => {
-                let outcome = resp
-                    .data
-                    .0
-                    .ok_or(Error::Unavailable("command produced no outcome"))?;
+                let CommandOutcome::Record(outcome) = resp.data else {
+                    return Err(Error::Unavailable("command produced no record outcome"));
+                };
                 if outcome == ApplyOutcome::Applied {
                     // Counts only once a majority holds what it wrote.
                     let req = agreement::ConfirmRequest {
@@ -201,6 +208,12 @@ pub struct ClusterStatus {
     pub learners: Vec<u64>,
     pub nodes: BTreeMap<u64, VaultNode>,
     pub millis_since_quorum_ack: Option<u64>,
+    /// Registered node keys, by node id (filled in by the control plane).
+    #[serde(default)]
+    pub node_keys: BTreeMap<u64, peer_keys::NodeKey>,
+    /// Removed node ids: never served again.
+    #[serde(default)]
+    pub retired: Vec<u64>,
 }
 
 pub fn status(raft: &Raft<VaultRaft>) -> ClusterStatus {
@@ -218,5 +231,7 @@ pub fn status(raft: &Raft<VaultRaft>) -> ClusterStatus {
         learners: membership.learner_ids().collect(),
         nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
         millis_since_quorum_ack: m.millis_since_quorum_ack,
+        node_keys: BTreeMap::new(),
+        retired: Vec::new(),
     }
 }

@@ -2,7 +2,10 @@
 //! the fleet peer key on both ends, records of sealed frames carrying
 //! Raft RPCs. The handshake payloads carry both ends' node and group ids
 //! ([`super::identity`]); a connection between the wrong replicas ends
-//! there.
+//! there. Each end then proves its own node key ([`super::peer_keys`]):
+//! the responder in its welcome, over the handshake hash after message 1;
+//! the initiator in the first record after the handshake, over the final
+//! handshake hash. Both check the other's key against the group's table.
 //!
 //! Frame plaintext: the protocol version byte, then the postcard encoding
 //! of a [`PeerRequest`] or [`PeerResponse`]. One request at a time per
@@ -40,6 +43,7 @@ use super::codec::{self, CodecError};
 use super::identity::{
     check_welcome, IdentityError, PeerHello, PeerIdentity, PeerWelcome, WarnOnce,
 };
+use super::peer_keys::{NodeKey, NodeProof, NodeSigner, PeerKeyError, PeerKeys, ProofRole};
 use super::{VaultNode, VaultRaft};
 use crate::state::RecordStore;
 
@@ -92,6 +96,8 @@ pub enum PeerError {
     Noise(#[from] protocol_spec::Error),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    NodeKey(#[from] PeerKeyError),
     #[error(transparent)]
     Codec(#[from] CodecError),
     #[error("unsupported peer protocol version {0}")]
@@ -149,6 +155,8 @@ const MAX_PEER_CONNS_PER_IP: usize = 16;
 pub struct PeerNetwork {
     key: Arc<StaticSecret>,
     identity: Arc<PeerIdentity>,
+    node: Arc<NodeSigner>,
+    keys: Arc<PeerKeys>,
     warn: Arc<WarnOnce>,
     /// Optional source address for outgoing connections (lets tests and
     /// operators filter replica traffic by address).
@@ -174,11 +182,15 @@ impl PeerNetwork {
     pub fn new(
         key: StaticSecret,
         identity: Arc<PeerIdentity>,
+        node: Arc<NodeSigner>,
+        keys: Arc<PeerKeys>,
         bind_source: Option<std::net::IpAddr>,
     ) -> Self {
         PeerNetwork {
             key: Arc::new(key),
             identity,
+            node,
+            keys,
             warn: Arc::default(),
             bind_source,
             pool: Arc::default(),
@@ -189,22 +201,39 @@ impl PeerNetwork {
 impl PeerNetwork {
     /// Connects to `addr` as Raft would and completes the handshake: proves
     /// that a replica of this fleet answers there as node `target`, in this
-    /// group (a replica in no group joins it). The connection is dropped.
-    pub async fn probe(&self, target: NodeId, addr: &str, ttl: Duration) -> Result<(), PeerError> {
-        let client = PeerClient {
+    /// group (a replica in no group joins it), with a node key the group
+    /// does not refuse. Returns that key; the connection is dropped.
+    pub async fn probe(
+        &self,
+        target: NodeId,
+        addr: &str,
+        ttl: Duration,
+    ) -> Result<NodeKey, PeerError> {
+        let client = self.client(target, addr, Pool::default());
+        tokio::time::timeout(ttl, client.connect())
+            .await
+            .map_err(|_| PeerError::Timeout)?
+            .map(|c| c.remote_key)
+    }
+
+    /// This replica's node key.
+    pub fn node_key(&self) -> NodeKey {
+        self.node.public()
+    }
+
+    fn client(&self, target: NodeId, addr: &str, pool: Pool) -> PeerClient {
+        PeerClient {
             target,
             addr: addr.to_owned(),
             key: self.key.clone(),
             identity: self.identity.clone(),
+            node: self.node.clone(),
+            keys: self.keys.clone(),
             warn: self.warn.clone(),
             bind_source: self.bind_source,
             conn: None,
-            pool: Pool::default(),
-        };
-        tokio::time::timeout(ttl, client.connect())
-            .await
-            .map_err(|_| PeerError::Timeout)?
-            .map(drop)
+            pool,
+        }
     }
 }
 
@@ -212,22 +241,15 @@ impl RaftNetworkFactory<VaultRaft> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &VaultNode) -> PeerClient {
-        PeerClient {
-            target,
-            addr: node.raft_addr.clone(),
-            key: self.key.clone(),
-            identity: self.identity.clone(),
-            warn: self.warn.clone(),
-            bind_source: self.bind_source,
-            conn: None,
-            pool: self.pool.clone(),
-        }
+        self.client(target, &node.raft_addr, self.pool.clone())
     }
 }
 
 struct PeerConn {
     stream: TcpStream,
     transport: Transport,
+    /// The node key the other end proved.
+    remote_key: NodeKey,
     last_used: std::time::Instant,
 }
 
@@ -237,6 +259,8 @@ pub struct PeerClient {
     addr: String,
     key: Arc<StaticSecret>,
     identity: Arc<PeerIdentity>,
+    node: Arc<NodeSigner>,
+    keys: Arc<PeerKeys>,
     warn: Arc<WarnOnce>,
     bind_source: Option<std::net::IpAddr>,
     conn: Option<PeerConn>,
@@ -290,25 +314,51 @@ impl PeerClient {
         let payload = codec::encode("peer hello", &hello)?;
         let (m1, waiting) =
             Initiator::peer(&self.key, &self.key.public_key())?.write_first(&payload)?;
+        let after_first = waiting.handshake_hash();
         write_record(&mut stream, &m1).await?;
         stream.flush().await?;
         let m2 = read_record(&mut stream, MAX_PEER_RECORD, Duration::from_secs(5))
             .await?
             .ok_or(PeerError::Closed)?;
-        let (payload, transport) = waiting
+        let (payload, mut transport) = waiting
             .read_response(&m2)
             .map_err(|_| PeerError::Handshake)?;
         let welcome: PeerWelcome = codec::decode("peer welcome", &payload)?;
-        if let Err(e) = check_welcome(&hello, &welcome, &self.addr) {
-            metrics::counter!("vault_raft_peer_refused_total", "side" => "caller").increment(1);
-            if self.warn.due(&self.addr) {
-                tracing::warn!(target_node = self.target, addr = %self.addr, "{e}; not talking to it");
+        let checked = check_welcome(&hello, &welcome, &self.addr)
+            .map_err(PeerError::from)
+            .and_then(|()| {
+                let key = welcome.proof.verify(
+                    ProofRole::Responder,
+                    hello.group,
+                    hello.to,
+                    &after_first,
+                )?;
+                self.keys.admit(hello.to, key)?;
+                Ok(key)
+            });
+        let remote_key = match checked {
+            Ok(k) => k,
+            Err(e) => {
+                metrics::counter!("vault_raft_peer_refused_total", "side" => "caller").increment(1);
+                if self.warn.due(&self.addr) {
+                    tracing::warn!(target_node = self.target, addr = %self.addr, "{e}; not talking to it");
+                }
+                return Err(e);
             }
-            return Err(e.into());
-        }
+        };
+        // Our own proof, over the whole handshake, before any request.
+        let proof = self.node.prove(
+            ProofRole::Initiator,
+            hello.group,
+            hello.from,
+            transport.handshake_hash(),
+        );
+        let sealed = transport.seal(&frame(&proof)?)?;
+        write_record(&mut stream, &sealed).await?;
         Ok(PeerConn {
             stream,
             transport,
+            remote_key,
             last_used: std::time::Instant::now(),
         })
     }
@@ -466,6 +516,8 @@ pub struct PeerService {
     pub divergence: Arc<Divergence>,
     pub key: Arc<StaticSecret>,
     pub identity: Arc<PeerIdentity>,
+    pub node: Arc<NodeSigner>,
+    pub keys: Arc<PeerKeys>,
 }
 
 impl std::fmt::Debug for PeerService {
@@ -532,17 +584,44 @@ async fn serve_peer(
                 .await
                 .map_err(|e| PeerError::Task(e.to_string()))?
         };
-        let (m2, transport) = first
+        let proof = svc.node.prove(
+            ProofRole::Responder,
+            hello.group,
+            identity.node_id(),
+            &first.state.handshake_hash(),
+        );
+        let (m2, mut transport) = first
             .state
-            .write_response(&codec::encode("peer welcome", &identity.welcome())?)?;
+            .write_response(&codec::encode("peer welcome", &identity.welcome(proof))?)?;
         write_record(&mut stream, &m2).await?;
         stream.flush().await?;
-        if let Err(e) = admitted {
+        let refuse = |e: PeerError| {
             metrics::counter!("vault_raft_peer_refused_total", "side" => "callee").increment(1);
             if warn.due(&format!("{}/{}", hello.from, hello.group)) {
                 tracing::warn!("{e}; connection refused");
             }
-            return Err(e.into());
+            e
+        };
+        if let Err(e) = admitted {
+            return Err(refuse(e.into()));
+        }
+        // The caller's proof of its node key comes first.
+        let rec = read_record(&mut stream, MAX_PEER_RECORD, PEER_HANDSHAKE_TIMEOUT)
+            .await?
+            .ok_or(PeerError::Closed)?;
+        let plain = transport.open(&rec, MAX_PEER_RECORD)?;
+        let proven = unframe::<NodeProof>(&plain).and_then(|p| {
+            let key = p.verify(
+                ProofRole::Initiator,
+                hello.group,
+                hello.from,
+                transport.handshake_hash(),
+            )?;
+            svc.keys.admit(hello.from, key)?;
+            Ok(())
+        });
+        if let Err(e) = proven {
+            return Err(refuse(e));
         }
         Ok::<_, PeerError>((transport, hello.from))
     };

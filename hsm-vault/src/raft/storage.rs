@@ -22,6 +22,8 @@ use openraft::{
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::log_command::LogCommand;
+use super::peer_keys::{PeerKeyTable, PeerKeys};
 use super::{codec, CommandOutcome, VaultNode, VaultRaft};
 use crate::state::record::StoredRecord;
 use crate::state::store::{apply_in, RecordStore, META, RECORDS};
@@ -30,14 +32,24 @@ type NodeId = u64;
 type SErr = StorageError<NodeId>;
 
 /// Raft log entries: index -> postcard(Entry).
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 
 pub(super) const VOTE_KEY: &str = "raft_vote";
-const COMMITTED_KEY: &str = "raft_committed";
-const PURGED_KEY: &str = "raft_last_purged";
-const APPLIED_KEY: &str = "raft_applied";
-const MEMBERSHIP_KEY: &str = "raft_membership";
+pub(super) const COMMITTED_KEY: &str = "raft_committed";
+pub(super) const PURGED_KEY: &str = "raft_last_purged";
+pub(super) const APPLIED_KEY: &str = "raft_applied";
+pub(super) const MEMBERSHIP_KEY: &str = "raft_membership";
 const SNAPSHOT_KEY: &str = "raft_snapshot";
+/// The applied [`PeerKeyTable`].
+const PEER_KEYS_KEY: &str = "raft_peer_keys";
+
+/// The node key table as applied in `store` (empty in a store that
+/// predates node keys).
+pub fn load_peer_keys(store: &RecordStore) -> Result<PeerKeyTable, crate::Error> {
+    meta_get(store.db(), PEER_KEYS_KEY)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| crate::Error::Storage(e.to_string()))
+}
 
 fn io_err(e: impl std::fmt::Display) -> SErr {
     StorageIOError::write(AnyError::error(e.to_string())).into()
@@ -257,10 +269,29 @@ impl RaftLogStorage<VaultRaft> for RaftLogStore {
     }
 }
 
-/// The state a snapshot carries: every record, as stored.
+/// The state a snapshot carries: every record, as stored. The node key
+/// table follows it (`postcard(body) || postcard(table)`); a snapshot made
+/// before node keys existed ends after the body.
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
     records: Vec<(String, Vec<u8>)>,
+}
+
+fn encode_snapshot(body: &SnapshotBody, keys: &PeerKeyTable) -> Result<Vec<u8>, SErr> {
+    let mut data = enc(body)?;
+    data.extend(enc(keys)?);
+    Ok(data)
+}
+
+fn decode_snapshot(data: &[u8]) -> Result<(SnapshotBody, PeerKeyTable), SErr> {
+    let (body, rest) = postcard::take_from_bytes::<SnapshotBody>(data)
+        .map_err(|e| read_err(format!("malformed snapshot: {e}")))?;
+    let keys = if rest.is_empty() {
+        PeerKeyTable::default()
+    } else {
+        dec(rest)?
+    };
+    Ok((body, keys))
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -274,6 +305,7 @@ struct StoredSnapshot {
 #[derive(Clone)]
 pub struct RecordStateMachine {
     store: Arc<RecordStore>,
+    keys: Arc<PeerKeys>,
 }
 
 impl std::fmt::Debug for RecordStateMachine {
@@ -283,8 +315,8 @@ impl std::fmt::Debug for RecordStateMachine {
 }
 
 impl RecordStateMachine {
-    pub fn new(store: Arc<RecordStore>) -> Self {
-        RecordStateMachine { store }
+    pub fn new(store: Arc<RecordStore>, keys: Arc<PeerKeys>) -> Self {
+        RecordStateMachine { store, keys }
     }
 
     fn build(&self) -> Result<StoredSnapshot, SErr> {
@@ -308,7 +340,11 @@ impl RecordStateMachine {
             let (k, v) = row.map_err(read_err)?;
             records.push((k.value().to_owned(), v.value().to_vec()));
         }
-        let data = enc(&SnapshotBody { records })?;
+        let keys: PeerKeyTable = match meta_t.get(PEER_KEYS_KEY).map_err(read_err)? {
+            Some(v) => dec(v.value())?,
+            None => PeerKeyTable::default(),
+        };
+        let data = encode_snapshot(&SnapshotBody { records }, &keys)?;
         let id = match applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, unix_nanos()),
             None => format!("empty-{}", unix_nanos()),
@@ -384,22 +420,42 @@ impl RaftStateMachine<VaultRaft> for RecordStateMachine {
     {
         let entries: Vec<Entry<VaultRaft>> = entries.into_iter().collect();
         let db = self.store.db().clone();
+        let live = self.keys.clone();
         blocking(move || {
             let txn = db.begin_write().map_err(io_err)?;
             let mut out = Vec::with_capacity(entries.len());
             let mut last = None;
             let mut membership = None;
+            // Read and written back only if an entry changes it.
+            let mut keys: Option<PeerKeyTable> = None;
             for e in &entries {
                 last = Some(e.log_id);
                 match &e.payload {
-                    EntryPayload::Blank => out.push(CommandOutcome(None)),
-                    EntryPayload::Normal(cmd) => {
+                    EntryPayload::Blank => out.push(CommandOutcome::Nothing),
+                    EntryPayload::Normal(LogCommand::Record(cmd)) => {
                         let outcome = apply_in(&txn, cmd).map_err(io_err)?;
-                        out.push(CommandOutcome(Some(outcome)));
+                        out.push(CommandOutcome::Record(outcome));
+                    }
+                    EntryPayload::Normal(LogCommand::PeerKey(change)) => {
+                        let table = match &mut keys {
+                            Some(t) => t,
+                            None => {
+                                let meta = txn.open_table(META).map_err(io_err)?;
+                                let t: PeerKeyTable =
+                                    match meta.get(PEER_KEYS_KEY).map_err(io_err)? {
+                                        Some(v) => dec(v.value())?,
+                                        None => PeerKeyTable::default(),
+                                    };
+                                keys.insert(t)
+                            }
+                        };
+                        let outcome = table.apply(change);
+                        tracing::info!(?change, ?outcome, "node key table");
+                        out.push(CommandOutcome::PeerKey(outcome));
                     }
                     EntryPayload::Membership(m) => {
                         membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
-                        out.push(CommandOutcome(None));
+                        out.push(CommandOutcome::Nothing);
                     }
                 }
             }
@@ -413,8 +469,15 @@ impl RaftStateMachine<VaultRaft> for RecordStateMachine {
                     meta.insert(MEMBERSHIP_KEY, enc(&m)?.as_slice())
                         .map_err(io_err)?;
                 }
+                if let Some(t) = &keys {
+                    meta.insert(PEER_KEYS_KEY, enc(t)?.as_slice())
+                        .map_err(io_err)?;
+                }
             }
             txn.commit().map_err(io_err)?;
+            if let Some(t) = keys {
+                live.replace(t);
+            }
             Ok(out)
         })
         .await
@@ -436,8 +499,9 @@ impl RaftStateMachine<VaultRaft> for RecordStateMachine {
         let db = self.store.db().clone();
         let meta = meta.clone();
         let data = snapshot.into_inner();
+        let live = self.keys.clone();
         blocking(move || {
-            let body: SnapshotBody = dec(&data)?;
+            let (body, keys) = decode_snapshot(&data)?;
             // Check every record parses before replacing anything.
             for (_, r) in &body.records {
                 StoredRecord::decode(r).map_err(read_err)?;
@@ -468,10 +532,12 @@ impl RaftStateMachine<VaultRaft> for RecordStateMachine {
                 }
                 m.insert(APPLIED_KEY, enc(&meta.last_log_id)?.as_slice()).map_err(io_err)?;
                 m.insert(MEMBERSHIP_KEY, enc(&meta.last_membership)?.as_slice()).map_err(io_err)?;
+                m.insert(PEER_KEYS_KEY, enc(&keys)?.as_slice()).map_err(io_err)?;
                 m.insert(SNAPSHOT_KEY, enc(&StoredSnapshot { meta: meta.clone(), data: data.clone() })?.as_slice())
                     .map_err(io_err)?;
             }
             txn.commit().map_err(io_err)?;
+            live.replace(keys);
             tracing::debug!(upto = ?meta.last_log_id, "snapshot installed; log purged up to it");
             metrics::counter!("vault_raft_snapshots_installed_total").increment(1);
             tracing::info!(snapshot = %meta.snapshot_id, records = body.records.len(), "snapshot installed");
@@ -505,7 +571,7 @@ mod tests {
             let dir = tempfile::tempdir().map_err(io_err)?;
             let store = Arc::new(RecordStore::open(&dir.path().join("s.redb")).map_err(io_err)?);
             let log = RaftLogStore::new(&store).map_err(io_err)?;
-            Ok((dir, log, RecordStateMachine::new(store)))
+            Ok((dir, log, RecordStateMachine::new(store, Arc::default())))
         }
     }
 
@@ -513,6 +579,84 @@ mod tests {
     #[test]
     fn openraft_storage_suite() {
         Suite::test_all(Builder).unwrap();
+    }
+
+    /// Node key changes apply in log order into the store and the live
+    /// table, travel in snapshots, and a snapshot made before node keys
+    /// existed still installs (with an empty table).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn node_keys_apply_and_travel_in_snapshots() {
+        use crate::raft::peer_keys::{NodeKey, PeerKeyChange};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RecordStore::open(&dir.path().join("a.redb")).unwrap());
+        let live = Arc::new(PeerKeys::default());
+        let mut sm = RecordStateMachine::new(store.clone(), live.clone());
+        let lid = |i| LogId::new(openraft::CommittedLeaderId::new(1, 1), i);
+        let entry = |i, change| Entry::<VaultRaft> {
+            log_id: lid(i),
+            payload: EntryPayload::Normal(LogCommand::PeerKey(change)),
+        };
+        let out = sm
+            .apply(vec![
+                entry(
+                    1,
+                    PeerKeyChange::Register {
+                        node: 1,
+                        key: NodeKey([1; 32]),
+                    },
+                ),
+                entry(
+                    2,
+                    PeerKeyChange::Register {
+                        node: 2,
+                        key: NodeKey([2; 32]),
+                    },
+                ),
+                entry(
+                    3,
+                    PeerKeyChange::Register {
+                        node: 3,
+                        key: NodeKey([1; 32]),
+                    },
+                ),
+                entry(4, PeerKeyChange::Retire { node: 2 }),
+            ])
+            .await
+            .unwrap();
+        assert!(matches!(
+            out[2],
+            CommandOutcome::PeerKey(crate::raft::peer_keys::PeerKeyOutcome::Refused(_))
+        ));
+        let table = live.table();
+        assert_eq!(
+            table.registered.keys().copied().collect::<Vec<_>>(),
+            vec![1]
+        );
+        assert_eq!(table.retired.get(&2), Some(&Some(NodeKey([2; 32]))));
+        assert_eq!(load_peer_keys(&store).unwrap(), table);
+
+        let snap = sm.build_snapshot().await.unwrap();
+        let data = snap.snapshot.into_inner();
+        let (_, in_snapshot) = decode_snapshot(&data).unwrap();
+        assert_eq!(in_snapshot, table);
+
+        let other = Arc::new(RecordStore::open(&dir.path().join("b.redb")).unwrap());
+        let other_live = Arc::new(PeerKeys::default());
+        let mut other_sm = RecordStateMachine::new(other.clone(), other_live.clone());
+        other_sm
+            .install_snapshot(&snap.meta, Box::new(Cursor::new(data.clone())))
+            .await
+            .unwrap();
+        assert_eq!(other_live.table(), table);
+        assert_eq!(load_peer_keys(&other).unwrap(), table);
+
+        // A snapshot from before node keys: the body alone.
+        let legacy = enc(&SnapshotBody { records: vec![] }).unwrap();
+        let (body, keys) = decode_snapshot(&legacy).unwrap();
+        assert!(body.records.is_empty() && keys == PeerKeyTable::default());
+        let mut trailing = data;
+        trailing.push(0);
+        assert!(decode_snapshot(&trailing).is_err());
     }
 
     /// Purge, vote and committed survive a reopen with their exact values

@@ -321,11 +321,25 @@ async fn join_group(
         .local_addr()
         .map_err(|e| Error::io("raft listener", e))?;
     let log_store = storage::RaftLogStore::new(&opened.store)?;
-    let state_machine = storage::RecordStateMachine::new(opened.store.clone());
+    let peer_keys = Arc::new(raft::peer_keys::PeerKeys::new(storage::load_peer_keys(
+        &opened.store,
+    )?));
+    let state_machine = storage::RecordStateMachine::new(opened.store.clone(), peer_keys.clone());
     let identity = raft::identity::PeerIdentity::load(node_id, &opened.store)?;
+    let node_signer = {
+        let (store, hsm) = (opened.store.clone(), opened.hsm.clone());
+        tokio::task::spawn_blocking(move || {
+            raft::peer_keys::load_or_create_signer(&store, node_id, hsm.as_ref(), &OsEntropy)
+        })
+        .await
+        .map_err(|e| Error::Startup(format!("the node key task failed: {e}")))??
+    };
+    let node_signer = Arc::new(node_signer);
     let network = network::PeerNetwork::new(
         opened.secrets.peer_key.clone(),
         identity.clone(),
+        node_signer.clone(),
+        peer_keys.clone(),
         bind_source,
     );
     let membership_network = network.clone();
@@ -347,6 +361,8 @@ async fn join_group(
             divergence: divergence.clone(),
             key: Arc::new(opened.secrets.peer_key.clone()),
             identity: identity.clone(),
+            node: node_signer.clone(),
+            keys: peer_keys.clone(),
         },
     ));
     let records: Arc<dyn Records> = Arc::new(raft::ReplicatedRecords::new(
@@ -401,11 +417,14 @@ async fn join_group(
             me,
             identity,
             network: membership_network,
+            keys: peer_keys,
         },
         control_key: opened.secrets.control_key.clone(),
         operator_keys,
     });
-    tracing::info!(node_id, %peer_addr, %control_addr, "raft replica started");
+    let registrar = control.clone();
+    tokio::spawn(async move { registrar.membership.keep_keys_registered().await });
+    tracing::info!(node_id, %peer_addr, %control_addr, node_key = %node_signer.public().fingerprint(), "raft replica started");
     Ok(Member {
         records,
         commits: Commits::Raft {

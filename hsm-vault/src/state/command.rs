@@ -17,7 +17,9 @@ use protocol_spec::ids::AccountId;
 use super::record::StoredRecord;
 use crate::Error;
 
-const COMMAND_FORMAT: u8 = 1;
+/// The first byte of every encoded command; the second says which one (1:
+/// `PutRecord`; the replicated log adds its own, see `raft::log_command`).
+pub(crate) const COMMAND_FORMAT: u8 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {

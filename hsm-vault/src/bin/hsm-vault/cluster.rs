@@ -43,7 +43,9 @@ enum ClusterCommand {
     /// it caught up.
     ///
     /// Refused unless that replica answers on its peer address, as the node id it reports,
-    /// with this fleet's key, and belongs to this group or to none.
+    /// with this fleet's key, belongs to this group or to none, and proves a node key the
+    /// group does not refuse (a removed node's id or key never comes back). That key is
+    /// registered for its node id first.
     AddLearner {
         /// The new replica's control listener (it reports its id and addresses).
         #[arg(long, value_name = "HOST:PORT")]
@@ -57,9 +59,12 @@ enum ClusterCommand {
         #[arg(long)]
         node_id: u64,
     },
-    /// Remove NODE_ID (a voter or a learner) from the group.
+    /// Remove NODE_ID (a voter or a learner) from the group, and retire its id and node key.
     ///
-    /// Refused if it would leave the last voter out, or leave no answering quorum.
+    /// Refused if it would leave the last voter out, or leave no answering quorum. No replica
+    /// serves a retired node again: a replica that comes back is refused, as itself or with
+    /// its old key under another id. Re-add a machine under a new node id, with an empty
+    /// data folder.
     Remove {
         #[arg(long)]
         node_id: u64,
@@ -72,6 +77,78 @@ enum ClusterCommand {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Last resort, on a STOPPED replica: make it the only voter of its group.
+    ///
+    /// For a group that can never reach a quorum again: a membership change that lost the
+    /// replicas it needed, or a majority of voters gone for good. Runs on this replica's own
+    /// store (no control listener, no operator key). Without --yes it only shows what the store
+    /// holds: run it on every survivor, and recover the one whose last log entry is highest
+    /// (term first, then index). Then start that replica alone, wipe the other survivors' data
+    /// folders, and add replicas back under new node ids (`cluster remove` the old ids). Never
+    /// recover two replicas of one group.
+    Recover {
+        /// Do it (without it, only show what the store holds).
+        #[arg(long)]
+        yes: bool,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+fn recover(cfg: &VaultConfig, yes: bool, output: Output) -> anyhow::Result<()> {
+    use hsm_vault::raft::recovery;
+    let node_id = cfg.raft.node_id.ok_or_else(|| {
+        anyhow::anyhow!("raft.node_id is not set: this replica is not a group member")
+    })?;
+    let path = cfg.store_path();
+    if !path.exists() {
+        anyhow::bail!("{}: no store here; nothing to recover", path.display());
+    }
+    let store = hsm_vault::state::RecordStore::open(&path)
+        .map_err(|e| anyhow::anyhow!("{e} (is the replica still running? stop it first)"))?;
+    store.bind_mode(&format!("raft node {node_id}"))?;
+    let view = if yes {
+        recovery::make_sole_voter(&store, node_id)?
+    } else {
+        recovery::inspect(&store, node_id)?
+    };
+    if output == Output::Json {
+        println!("{}", serde_json::to_string(&view)?);
+        return Ok(());
+    }
+    let last = view
+        .last_log
+        .map_or_else(|| "none".into(), |(t, i)| format!("term {t}, index {i}"));
+    println!(
+        "node {} of group {}",
+        view.node_id,
+        view.group.map_or_else(|| "none".into(), |g| g.to_string())
+    );
+    println!("last log entry    {last}");
+    println!("committed index   {:?}", view.committed_index);
+    println!(
+        "voters            {:?}{}",
+        view.voters,
+        if view.change_pending {
+            " (a change is pending)"
+        } else {
+            ""
+        }
+    );
+    println!("learners          {:?}", view.learners);
+    if yes {
+        println!(
+            "This replica is now the only voter. Start it; it elects itself and serves. Wipe the \
+             other survivors' data folders, then add replicas with new node ids \
+             (`cluster add-learner`, `cluster promote`) and retire the old ids (`cluster remove`)."
+        );
+    } else {
+        println!(
+            "Nothing changed. Run this on every surviving replica (stopped) and compare their \
+             last log entries; on the highest only, run `cluster recover --yes`."
+        );
+    }
+    Ok(())
 }
 
 fn credentials(cfg: &VaultConfig, a: &ClusterArgs) -> anyhow::Result<ControlClient> {
@@ -106,6 +183,9 @@ fn credentials(cfg: &VaultConfig, a: &ClusterArgs) -> anyhow::Result<ControlClie
 }
 
 pub fn run(cfg: &VaultConfig, a: ClusterArgs) -> anyhow::Result<()> {
+    if let ClusterCommand::Recover { yes, output } = a.command {
+        return recover(cfg, yes, output);
+    }
     let client = credentials(cfg, &a)?;
     let addr = a
         .control
@@ -133,8 +213,12 @@ pub fn run(cfg: &VaultConfig, a: ClusterArgs) -> anyhow::Result<()> {
             let id = who["node_id"].as_u64().unwrap_or(0);
             let node = serde_json::from_value(who)
                 .map_err(|e| anyhow::anyhow!("{node} described itself oddly: {e}"))?;
-            call(&addr, ControlRequest::AddLearner { node })?;
-            println!("Node {id} added as a learner and caught up. Make it a voter with `cluster promote --node-id {id}`.");
+            let v = call(&addr, ControlRequest::AddLearner { node })?;
+            let key = v["node_key"]
+                .as_str()
+                .and_then(|k| k.parse::<NodeKeyText>().ok())
+                .map_or_else(|| "?".into(), |k| k.0);
+            println!("Node {id} added as a learner and caught up; its node key {key} is registered. Make it a voter with `cluster promote --node-id {id}`.");
         }
         ClusterCommand::Promote { node_id } => {
             let v = call(&addr, ControlRequest::Promote { node_id })?;
@@ -142,7 +226,10 @@ pub fn run(cfg: &VaultConfig, a: ClusterArgs) -> anyhow::Result<()> {
         }
         ClusterCommand::Remove { node_id } => {
             let v = call(&addr, ControlRequest::Remove { node_id })?;
-            println!("Node {node_id} removed. Voters now: {}", v["voters"]);
+            println!(
+                "Node {node_id} removed and its node key retired. Voters now: {}",
+                v["voters"]
+            );
         }
         ClusterCommand::Elect => {
             call(&addr, ControlRequest::Elect)?;
@@ -155,6 +242,7 @@ pub fn run(cfg: &VaultConfig, a: ClusterArgs) -> anyhow::Result<()> {
                 Output::Text => print_status(&v),
             }
         }
+        ClusterCommand::Recover { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -177,12 +265,29 @@ fn print_status(v: &serde_json::Value) {
     println!("learners          {}", v["learners"]);
     if let Some(nodes) = v["nodes"].as_object() {
         for (id, n) in nodes {
+            let key = v["node_keys"][id]
+                .as_str()
+                .and_then(|k| k.parse::<NodeKeyText>().ok())
+                .map_or_else(|| "not registered yet".into(), |k| k.0);
             println!(
-                "  node {id}: raft {} link {} control {}",
+                "  node {id}: raft {} link {} control {} key {key}",
                 n["raft_addr"].as_str().unwrap_or("?"),
                 n["link_addr"].as_str().unwrap_or("?"),
                 n["control_addr"].as_str().unwrap_or("?")
             );
         }
+    }
+    println!("retired           {}", v["retired"]);
+}
+
+/// A node key from JSON, shown as its fingerprint.
+struct NodeKeyText(String);
+
+impl std::str::FromStr for NodeKeyText {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let key: hsm_vault::raft::peer_keys::NodeKey =
+            serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| ())?;
+        Ok(NodeKeyText(key.fingerprint()))
     }
 }
