@@ -7,7 +7,7 @@ use std::time::Duration;
 use protocol_spec::keys::{PublicKey, StaticSecret};
 use protocol_spec::limits::MAX_HANDSHAKE_MESSAGE;
 use protocol_spec::noise::Initiator;
-use service_kit::records::{read_record, write_record};
+use service_kit::records::{read_record, write_record, RecordError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -114,11 +114,7 @@ impl ControlClient {
         let (m1, waiting) = Initiator::control(&self.operator, &self.fleet_control)
             .and_then(|i| i.write_first(&[]))
             .map_err(|e| malformed(e.to_string()))?;
-        write_record(&mut stream, &m1)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        stream
-            .flush()
+        send(&mut stream, &m1)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let m2 = tokio::time::timeout(
@@ -140,11 +136,7 @@ impl ControlClient {
         let sealed = transport
             .seal(&protocol::encode(req))
             .map_err(|e| malformed(e.to_string()))?;
-        write_record(&mut stream, &sealed)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        stream
-            .flush()
+        send(&mut stream, &sealed)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         // add-learner answers once the learner caught up.
@@ -159,6 +151,12 @@ impl ControlClient {
             .map_err(|e| malformed(e.to_string()))?;
         protocol::decode(&plain).map_err(malformed)
     }
+}
+
+/// One record, flushed.
+async fn send(stream: &mut TcpStream, body: &[u8]) -> Result<(), RecordError> {
+    write_record(stream, body).await?;
+    stream.flush().await.map_err(RecordError::from)
 }
 
 fn answer(a: ControlAnswer, addr: &str) -> Result<serde_json::Value, ControlCallError> {

@@ -14,7 +14,9 @@ use protocol_spec::frame::Reader;
 use serde::{Deserialize, Serialize};
 
 use super::peer_keys::{NodeKey, PeerKeyChange};
-use crate::state::command::{Command, COMMAND_FORMAT};
+use crate::state::command::{
+    deserialize_log_bytes, serialize_log_bytes, Command, LogBytes, COMMAND_FORMAT,
+};
 use crate::Error;
 
 const REGISTER: u8 = 2;
@@ -75,37 +77,25 @@ impl LogCommand {
     }
 }
 
-// As the core's command: the log holds this module's bytes, not a serde
-// derivation's.
+impl LogBytes for LogCommand {
+    const EXPECTING: &'static str = "an encoded log command";
+    fn to_log_bytes(&self) -> Vec<u8> {
+        self.encode()
+    }
+    fn from_log_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        Self::decode(bytes)
+    }
+}
+
 impl Serialize for LogCommand {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.encode())
+        serialize_log_bytes(self, s)
     }
 }
 
 impl<'de> Deserialize<'de> for LogCommand {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = LogCommand;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an encoded log command")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<LogCommand, E> {
-                LogCommand::decode(v).map_err(|e| E::custom(e.to_string()))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<LogCommand, A::Error> {
-                let mut bytes = Vec::new();
-                while let Some(b) = seq.next_element::<u8>()? {
-                    bytes.push(b);
-                }
-                self.visit_bytes(&bytes)
-            }
-        }
-        d.deserialize_bytes(V)
+        deserialize_log_bytes(d)
     }
 }
 

@@ -116,37 +116,64 @@ impl Command {
     }
 }
 
-// In the replicated log a command travels as its own versioned bytes, so
-// the log format is this module's, not a serde derivation's.
+/// A value that travels in the replicated log as its own versioned bytes,
+/// so the log format is its module's, not a serde derivation's: through
+/// serde it is one byte string.
+pub(crate) trait LogBytes: Sized {
+    const EXPECTING: &'static str;
+    fn to_log_bytes(&self) -> Vec<u8>;
+    fn from_log_bytes(bytes: &[u8]) -> Result<Self, Error>;
+}
+
+pub(crate) fn serialize_log_bytes<T: LogBytes, S: serde::Serializer>(
+    v: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_bytes(&v.to_log_bytes())
+}
+
+pub(crate) fn deserialize_log_bytes<'de, T: LogBytes, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: LogBytes> serde::de::Visitor<'de> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(T::EXPECTING)
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<T, E> {
+            T::from_log_bytes(v).map_err(|e| E::custom(e.to_string()))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+            let mut bytes = Vec::new();
+            while let Some(b) = seq.next_element::<u8>()? {
+                bytes.push(b);
+            }
+            self.visit_bytes(&bytes)
+        }
+    }
+    d.deserialize_bytes(V(std::marker::PhantomData))
+}
+
+impl LogBytes for Command {
+    const EXPECTING: &'static str = "an encoded vault command";
+    fn to_log_bytes(&self) -> Vec<u8> {
+        self.encode()
+    }
+    fn from_log_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        Self::decode(bytes)
+    }
+}
+
 impl serde::Serialize for Command {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.encode())
+        serialize_log_bytes(self, s)
     }
 }
 
 impl<'de> serde::Deserialize<'de> for Command {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Command;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an encoded vault command")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Command, E> {
-                Command::decode(v).map_err(|e| E::custom(e.to_string()))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Command, A::Error> {
-                let mut bytes = Vec::new();
-                while let Some(b) = seq.next_element::<u8>()? {
-                    bytes.push(b);
-                }
-                self.visit_bytes(&bytes)
-            }
-        }
-        d.deserialize_bytes(V)
+        deserialize_log_bytes(d)
     }
 }
 
