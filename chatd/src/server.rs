@@ -44,7 +44,7 @@ fn bind(addr: &str, reuse_port: bool) -> Result<TcpListener, Error> {
 
 /// Runs chatd until shutdown.
 pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Result<(), Error> {
-    let metrics = service_kit::admin::install_metrics()?;
+    let metrics = service_kit::admin::install_metrics(&crate::metrics::table())?;
     let health = Health::new();
     let static_key = keys::load(&cfg.static_key_path())?;
     let link_key = keys::load(&cfg.link_key_path())?;
