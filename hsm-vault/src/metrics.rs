@@ -39,6 +39,15 @@ const LOGIN_RESULTS: &[&str] = &[
     "expired",
     "abandoned",
 ];
+const CONTROL_OPS: &[&str] = &[
+    "who_are_you",
+    "status",
+    "init",
+    "add_learner",
+    "promote",
+    "remove",
+    "elect",
+];
 /// PKCS#11 operations on the serving path (the start-up self-test fails
 /// start-up instead).
 const HSM_OPS: &[&str] = &["seal", "unseal"];
@@ -165,6 +174,13 @@ pub fn table() -> Vec<MetricDef> {
         )
         .labels(&[("side", &["caller", "callee"])]),
         MetricDef::counter(
+            "vault_state_divergence_total",
+            "Times this replica found its store disagreeing with its group's majority, by who \
+             found it (leader, follower told by the leader, or a minority voter); such a replica \
+             stops serving and must be rebuilt.",
+        )
+        .labels(&[("side", &["leader", "follower", "minority"])]),
+        MetricDef::counter(
             "vault_raft_snapshots_built_total",
             "Raft snapshots this replica built.",
         ),
@@ -172,6 +188,34 @@ pub fn table() -> Vec<MetricDef> {
             "vault_raft_snapshots_installed_total",
             "Raft snapshots this replica installed from the leader.",
         ),
+        // The operator control listener.
+        MetricDef::counter(
+            "vault_control_requests_total",
+            "Membership commands on the control listener, by command and outcome.",
+        )
+        .labels(&[
+            ("op", CONTROL_OPS),
+            ("outcome", &["done", "refused", "not_leader"]),
+        ]),
+        MetricDef::counter(
+            "vault_control_refused_total",
+            "Control connections refused before a command, by reason (not_an_operator: an \
+             unknown operator key).",
+        )
+        .labels(&[(
+            "reason",
+            &[
+                "too_many",
+                "handshake",
+                "not_an_operator",
+                "bad_record",
+                "bad_frame",
+                "closed",
+                "timeout",
+                "io",
+                "seal",
+            ],
+        )]),
     ]
 }
 
