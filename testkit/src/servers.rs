@@ -187,8 +187,177 @@ pub fn gcs_emulator() -> ServerProcess {
     .arg("-port")
     .arg(addr.port().to_string())
     .arg("-external-url")
-    .arg(format!("http://{addr}"));
+    .arg(format!("http://{addr}"))
+    // Path-style object URLs (what object_store asks for) are served only
+    // for requests to the public host.
+    .arg("-public-host")
+    .arg(addr.to_string());
     spawn(cmd, dir, addr, "fake-gcs-server")
+}
+
+/// An HTTP agent for loopback servers: no proxy from the environment,
+/// status codes returned as answers.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .into()
+}
+
+fn expect_success(what: &str, response: Result<ureq::http::Response<ureq::Body>, ureq::Error>) {
+    let mut r = response.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = r.status().as_u16();
+    let body = r.body_mut().read_to_string().unwrap_or_default();
+    assert!(
+        (200..300).contains(&status),
+        "{what}: HTTP {status}: {body}"
+    );
+}
+
+/// Creates a bucket on an S3-compatible server (moto does not check
+/// signatures).
+pub fn s3_create_bucket(server: &ServerProcess, bucket: &str) {
+    let url = format!("http://{}/{bucket}", server.addr);
+    expect_success(
+        &format!("create bucket {bucket}"),
+        agent().put(&url).send_empty(),
+    );
+}
+
+/// The environment `object_store` reads to reach `server` as S3.
+pub fn s3_env(server: &ServerProcess) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "e2ebk-test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "e2ebk-test-secret".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ENDPOINT", format!("http://{}", server.addr)),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false".into()),
+    ]
+}
+
+/// Creates a blob container on Azurite, signed with the development
+/// account's shared key (Azurite checks it).
+pub fn azurite_create_container(server: &ServerProcess, container: &str) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let date = httpdate_now();
+    let version = "2021-08-06";
+    // SharedKey string to sign: verb, eleven empty standard headers, the
+    // x-ms-* headers, then the canonical resource (account, path, query).
+    let to_sign = format!(
+        "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n\
+         /{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{container}\nrestype:container"
+    );
+    let key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &b64.decode(AZURITE_KEY)
+            .expect("the development key is base64"),
+    );
+    let signature = b64.encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
+    let url = format!(
+        "http://{}/{AZURITE_ACCOUNT}/{container}?restype=container",
+        server.addr
+    );
+    expect_success(
+        &format!("create container {container}"),
+        agent()
+            .put(&url)
+            .header("x-ms-date", &date)
+            .header("x-ms-version", version)
+            .header(
+                "Authorization",
+                format!("SharedKey {AZURITE_ACCOUNT}:{signature}"),
+            )
+            .send_empty(),
+    );
+}
+
+/// The environment `object_store` reads to reach `server` as Azure Blob
+/// Storage (the emulator's development account).
+pub fn azurite_env(server: &ServerProcess) -> Vec<(&'static str, String)> {
+    vec![
+        ("AZURE_STORAGE_ACCOUNT_NAME", AZURITE_ACCOUNT.into()),
+        ("AZURE_STORAGE_ACCOUNT_KEY", AZURITE_KEY.into()),
+        ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
+        (
+            "AZURITE_BLOB_STORAGE_URL",
+            format!("http://{}", server.addr),
+        ),
+    ]
+}
+
+/// Creates a bucket on the GCS emulator (JSON API, no authentication).
+pub fn gcs_create_bucket(server: &ServerProcess, bucket: &str) {
+    let url = format!("http://{}/storage/v1/b?project=e2ebk", server.addr);
+    expect_success(
+        &format!("create bucket {bucket}"),
+        agent()
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send(format!("{{\"name\":\"{bucket}\"}}")),
+    );
+}
+
+/// Uploads an object through the emulator's JSON API (a simple upload).
+pub fn gcs_upload(server: &ServerProcess, bucket: &str, name: &str, bytes: &[u8]) {
+    let url = format!(
+        "http://{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}",
+        server.addr
+    );
+    expect_success(
+        &format!("upload {name}"),
+        agent()
+            .post(&url)
+            .header("Content-Type", "application/octet-stream")
+            .send(bytes),
+    );
+}
+
+/// The environment `object_store` reads to reach `server` as GCS: a
+/// service account file that points at the emulator and turns OAuth off.
+pub fn gcs_env(server: &ServerProcess) -> Vec<(&'static str, String)> {
+    let key = server.dir().join("service-account.json");
+    std::fs::write(
+        &key,
+        format!(
+            "{{\"gcs_base_url\": \"http://{}\", \"disable_oauth\": true, \"client_email\": \"\", \"private_key\": \"\", \"private_key_id\": \"\"}}",
+            server.addr
+        ),
+    )
+    .expect("service account file");
+    vec![("GOOGLE_SERVICE_ACCOUNT", key.display().to_string())]
+}
+
+/// The current time as an HTTP date (RFC 7231), for signed requests.
+fn httpdate_now() -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let days = secs / 86_400;
+    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{}, {d:02} {} {year} {h:02}:{m:02}:{s:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize]
+    )
 }
 
 /// The well-known Azurite development account and key (public, in
