@@ -83,6 +83,9 @@ def rules(docs):
     for w, spec in pod_templates(docs):
         name = f'{w["kind"]}/{w["metadata"]["name"]}'
         app = w["spec"]["selector"]["matchLabels"]["app"]
+        sc = spec.get("securityContext", {})
+        non_root = sc.get("runAsNonRoot") or any(
+            c.get("securityContext", {}).get("runAsNonRoot") for c in containers(spec))
         if spec.get("enableServiceLinks") is not False:
             fail(f"{name}: enableServiceLinks must be false")
         for v in spec.get("volumes", []):
@@ -92,8 +95,7 @@ def rules(docs):
                 if v["secret"]["secretName"] not in secrets:
                     fail(f'{name}: Secret {v["secret"]["secretName"]} is not shipped')
                 mode = v["secret"].get("defaultMode", 0o644)
-                sc = spec.get("securityContext", {})
-                if sc.get("runAsNonRoot") and not (sc.get("fsGroup") and mode & 0o040):
+                if non_root and not (sc.get("fsGroup") and mode & 0o040):
                     fail(f'{name}: secret {v["name"]} (mode {mode:o}) is unreadable for a non-root user without fsGroup and group read')
             if "persistentVolumeClaim" in v:
                 claim = v["persistentVolumeClaim"]["claimName"]
@@ -103,9 +105,8 @@ def rules(docs):
                     fail(f"{name}: {w['spec']['replicas']} replicas share the ReadWriteOnce claim {claim}")
                 elif w["kind"] == "Deployment" and w["spec"].get("strategy", {}).get("type") != "Recreate":
                     fail(f"{name}: a rolling update would attach the ReadWriteOnce claim {claim} to two pods")
-        sc = spec.get("securityContext", {})
         if (w["spec"].get("volumeClaimTemplates") or any("persistentVolumeClaim" in v for v in spec.get("volumes", []))) \
-                and sc.get("runAsNonRoot") and not sc.get("fsGroup"):
+                and non_root and not sc.get("fsGroup"):
             fail(f"{name}: the volume is not writable by the non-root user without fsGroup")
         for c in containers(spec):
             cname = f'{name}/{c["name"]}'
@@ -143,15 +144,17 @@ def rules(docs):
         print("ok   deployment rules hold")
 
 
-def service_env(services):
+def service_env(services, include_headless):
     """What kubelet injects for each Service of the namespace (docker links
     style): NAME_SERVICE_HOST, NAME_SERVICE_PORT[_PORTNAME], NAME_PORT,
     NAME_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]. Headless Services get
-    none."""
+    none; with include_headless they are treated as if they had a cluster
+    IP (a ClusterIP Service named hsm-vault would hand the vault
+    HSM_VAULT_PORT=tcp://...)."""
     env = {}
     for i, (name, svc) in enumerate(sorted(services.items())):
         spec = svc["spec"]
-        if spec.get("clusterIP") == "None":
+        if spec.get("clusterIP") == "None" and not include_headless:
             continue
         ip = f"10.96.0.{10 + i}"
         prefix = name.upper().replace("-", "_")
@@ -209,8 +212,10 @@ def stop(proc):
 
 
 def run_binaries(docs, bin_dir):
-    injected = service_env(by_kind(docs, "Service"))
-    print(f"ok   {len(injected)} service link variables for {sorted(by_kind(docs, 'Service'))}")
+    services = by_kind(docs, "Service")
+    injected = service_env(services, include_headless=True)
+    print(f"ok   {len(service_env(services, False))} service link variables for the shipped Services, "
+          f"{len(injected)} with the headless ones given cluster IPs: {sorted(services)}")
     base = {k: v for k, v in os.environ.items() if not (k.startswith("CHATD_") or k.startswith("HSM_VAULT_"))}
     base.pop("RUST_LOG", None)
     tmp = tempfile.mkdtemp(prefix="e2ebk-k8s-env-")
