@@ -45,6 +45,11 @@ pub fn table() -> Vec<MetricDef> {
             "Devices enrolled with a one-time code.",
         ),
         MetricDef::counter(
+            "chatd_directory_errors_total",
+            "Account directory (SQLite) operations that failed, by operation.",
+        )
+        .labels(&[("op", &["revocations"])]),
+        MetricDef::counter(
             "chatd_closes_total",
             "Close frames chatd sent to clients, by close code (SPEC 9).",
         )

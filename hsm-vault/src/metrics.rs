@@ -93,6 +93,12 @@ pub fn table() -> Vec<MetricDef> {
             "Registrations deleted by their owner.",
         ),
         MetricDef::counter(
+            "vault_rate_limited_total",
+            "Requests refused by the vault's per-account limits, by what was limited (login \
+             starts per minute, registration replacements per hour).",
+        )
+        .labels(&[("op", &["login_start", "replace"])]),
+        MetricDef::counter(
             "vault_commit_conflicts_total",
             "Commits refused because the record changed since it was read (concurrent operations on one account).",
         ),
