@@ -189,26 +189,35 @@ def manifest_env(docs, app):
     return {}
 
 
-def wait_listening(proc, what, log):
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if '"listening"' in line:
-            return True
-    proc.kill()
-    with open(log) as f:
-        fail(f"{what} did not start with the Kubernetes environment:\n{f.read()}")
-    return False
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGINT)
+def init_and_serve(binary, config, init_args, env, folder):
+    """Runs `binary --config CONFIG init ...`, then `serve` until it prints
+    its listening line, then stops it. Any failure is recorded."""
+    name = os.path.basename(binary)
+    cfg = ["--config", config]
+    out = subprocess.run([binary, *cfg, "init", *init_args], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        fail(f"{name} init with the Kubernetes environment: {out.stderr.strip()}")
+        return
+    log = os.path.join(folder, "serve.log")
+    with open(log, "w") as err:
+        proc = subprocess.Popen([binary, *cfg, "serve"], env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if '"listening"' in line:
+                print(f"ok   {name} serves with the Kubernetes environment")
+                return
+        with open(log) as f:
+            fail(f"{name} serve did not start with the Kubernetes environment:\n{f.read()}")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def run_binaries(docs, bin_dir):
@@ -227,18 +236,7 @@ def run_binaries(docs, bin_dir):
             f.write('data_dir = "data"\n[listen]\naddr = "127.0.0.1:0"\n[admin]\nlisten = "127.0.0.1:0"\n'
                     '[vault]\nreplicas = ["127.0.0.1:9"]\nlink_key = "' + "07" * 32 + '"\n')
         env = {**base, **manifest_env(docs, "chatd"), **injected}
-        cfg = ["--config", os.path.join(cdir, "chatd.toml")]
-        out = subprocess.run([os.path.join(bin_dir, "chatd"), *cfg, "init"], env=env, capture_output=True, text=True)
-        if out.returncode != 0:
-            fail(f"chatd init with the Kubernetes environment: {out.stderr.strip()}")
-        else:
-            log = os.path.join(cdir, "serve.log")
-            with open(log, "w") as err:
-                p = subprocess.Popen([os.path.join(bin_dir, "chatd"), *cfg, "serve"], env=env,
-                                     stdout=subprocess.PIPE, stderr=err, text=True)
-            if wait_listening(p, "chatd serve", log):
-                print("ok   chatd serves with the Kubernetes environment")
-            stop(p)
+        init_and_serve(os.path.join(bin_dir, "chatd"), os.path.join(cdir, "chatd.toml"), [], env, cdir)
 
         # hsm-vault: a SoftHSM token, init, then serve until it listens.
         vdir = os.path.join(tmp, "vault")
@@ -264,19 +262,8 @@ def run_binaries(docs, bin_dir):
         vault_env = {k: v for k, v in vault_env.items() if "RAFT__" not in k and "CONTROL__" not in k}
         # SoftHSM's configuration is the test's own, not the pod's path.
         env = {**base, **vault_env, **injected, "SOFTHSM2_CONF": conf}
-        cfg = ["--config", os.path.join(vdir, "vault.toml")]
-        out = subprocess.run([os.path.join(bin_dir, "hsm-vault"), *cfg, "init", "--fleet-id", "k8s-env"],
-                             env=env, capture_output=True, text=True)
-        if out.returncode != 0:
-            fail(f"hsm-vault init with the Kubernetes environment: {out.stderr.strip()}")
-        else:
-            log = os.path.join(vdir, "serve.log")
-            with open(log, "w") as err:
-                p = subprocess.Popen([os.path.join(bin_dir, "hsm-vault"), *cfg, "serve"], env=env,
-                                     stdout=subprocess.PIPE, stderr=err, text=True)
-            if wait_listening(p, "hsm-vault serve", log):
-                print("ok   hsm-vault serves with the Kubernetes environment")
-            stop(p)
+        init_and_serve(os.path.join(bin_dir, "hsm-vault"), os.path.join(vdir, "vault.toml"),
+                       ["--fleet-id", "k8s-env"], env, vdir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

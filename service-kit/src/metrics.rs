@@ -10,8 +10,8 @@
 //! series that no alert notices).
 //!
 //! The table is also what the dashboards and alert rules are checked
-//! against, and each binary's tests check that its source emits no metric
-//! missing from it ([`names_in_source`]).
+//! against, and each binary's tests check that its source emits exactly
+//! the metrics it lists ([`check_table`]).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -129,10 +129,42 @@ pub fn register(table: &[MetricDef]) {
     }
 }
 
+/// Checks a binary's table against its source folder `src`: every metric
+/// the source emits is listed and every listed one is emitted (the
+/// `*_build_info` row is emitted by [`register`]), each name starts with
+/// `prefix`, and each has HELP text. The error says what to fix.
+pub fn check_table(table: &[MetricDef], src: &Path, prefix: &str) -> Result<(), String> {
+    let emitted = names_in_source(src);
+    let listed: BTreeSet<String> = table
+        .iter()
+        .filter(|d| !d.name.ends_with("_build_info"))
+        .map(|d| d.name.to_owned())
+        .collect();
+    let mut problems = Vec::new();
+    for name in emitted.difference(&listed) {
+        problems.push(format!("{name} is emitted but not in the table"));
+    }
+    for name in listed.difference(&emitted) {
+        problems.push(format!("{name} is in the table but never emitted"));
+    }
+    for d in table {
+        if !d.name.starts_with(prefix) {
+            problems.push(format!("{} does not start with {prefix}", d.name));
+        }
+        if d.help.trim().len() < 10 {
+            problems.push(format!("{} needs HELP text", d.name));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
 /// Metric names emitted by `counter!`, `gauge!` or `histogram!` with a
-/// literal name in the `.rs` files under `dir`: what a binary's table must
-/// list.
-pub fn names_in_source(dir: &Path) -> BTreeSet<String> {
+/// literal name in the `.rs` files under `dir`.
+fn names_in_source(dir: &Path) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -187,5 +219,24 @@ mod tests {
         .unwrap();
         let names: Vec<String> = names_in_source(dir.path()).into_iter().collect();
         assert_eq!(names, ["a_total", "b"]);
+        let table = [
+            MetricDef::counter("a_total", "counts a things"),
+            MetricDef::gauge("c", "?"),
+        ];
+        let err = check_table(&table, dir.path(), "a").unwrap_err();
+        assert_eq!(
+            err.lines().collect::<Vec<_>>(),
+            [
+                "b is emitted but not in the table",
+                "c is in the table but never emitted",
+                "c does not start with a",
+                "c needs HELP text",
+            ]
+        );
+        let table = [
+            MetricDef::counter("a_total", "counts a things"),
+            MetricDef::gauge("b", "the b of it"),
+        ];
+        assert_eq!(check_table(&table, dir.path(), ""), Ok(()));
     }
 }
