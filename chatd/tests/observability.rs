@@ -4,7 +4,8 @@
 //! or an alert names a metric no process exports, if an exported family
 //! has no HELP text or appears in no panel or alert, or if a counter of
 //! the binaries' tables is missing at start-up (counters start at zero, so
-//! `increase()` sees the first event).
+//! `increase()` sees the first event); and a leader cut off from its
+//! majority stops exporting `vault_raft_is_leader = 1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -265,4 +266,35 @@ async fn dashboards_and_alerts_name_only_exported_metrics_and_every_family_has_h
 
 fn hsm_vault_table() -> Vec<service_kit::metrics::MetricDef> {
     hsm_vault::metrics::table()
+}
+
+/// With two of three replicas gone, the ex-leader still calls itself
+/// leader in Raft's view, but it has no quorum and serves nothing: it must
+/// not export `vault_raft_is_leader = 1`, or VaultNoLeader never fires.
+#[test]
+fn a_leader_without_its_majority_is_not_counted_as_leader() {
+    let mut cluster = VaultCluster::new(3, VaultOptions::default());
+    cluster.start_all();
+    cluster.form();
+    let leader = cluster.wait_serving(Duration::from_secs(20));
+    let is_leader = |c: &VaultCluster| {
+        testkit::metric(
+            &testkit::http_get(c.replicas[leader].admin_addr, "/metrics").1,
+            "vault_raft_is_leader",
+        )
+    };
+    assert_eq!(is_leader(&cluster), 1.0);
+    for i in 0..3 {
+        if i != leader {
+            cluster.kill9(i);
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while is_leader(&cluster) != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ex-leader still exports vault_raft_is_leader = 1 without a quorum"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
