@@ -17,26 +17,20 @@ Usage: check.py BIN_DIR   (the folder holding the built chatd and hsm-vault)
 """
 
 import glob
-import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import yaml
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checks import chatd_config, fail, failures, finish, init_and_serve, softhsm_token, vault_config, write  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 KUBERNETES_VERSION = "1.30.0"
-failures = []
-
-
-def fail(msg):
-    failures.append(msg)
-    print(f"FAIL {msg}", file=sys.stderr)
 
 
 def load_docs():
@@ -189,37 +183,6 @@ def manifest_env(docs, app):
     return {}
 
 
-def init_and_serve(binary, config, init_args, env, folder):
-    """Runs `binary --config CONFIG init ...`, then `serve` until it prints
-    its listening line, then stops it. Any failure is recorded."""
-    name = os.path.basename(binary)
-    cfg = ["--config", config]
-    out = subprocess.run([binary, *cfg, "init", *init_args], env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        fail(f"{name} init with the Kubernetes environment: {out.stderr.strip()}")
-        return
-    log = os.path.join(folder, "serve.log")
-    with open(log, "w") as err:
-        proc = subprocess.Popen([binary, *cfg, "serve"], env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-    try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if '"listening"' in line:
-                print(f"ok   {name} serves with the Kubernetes environment")
-                return
-        with open(log) as f:
-            fail(f"{name} serve did not start with the Kubernetes environment:\n{f.read()}")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def run_binaries(docs, bin_dir):
     services = by_kind(docs, "Service")
     injected = service_env(services, include_headless=True)
@@ -232,38 +195,23 @@ def run_binaries(docs, bin_dir):
         # chatd: keys, then serve until it listens.
         cdir = os.path.join(tmp, "chatd")
         os.makedirs(cdir)
-        with open(os.path.join(cdir, "chatd.toml"), "w") as f:
-            f.write('data_dir = "data"\n[listen]\naddr = "127.0.0.1:0"\n[admin]\nlisten = "127.0.0.1:0"\n'
-                    '[vault]\nreplicas = ["127.0.0.1:9"]\nlink_key = "' + "07" * 32 + '"\n')
+        write(os.path.join(cdir, "chatd.toml"), chatd_config("data"))
         env = {**base, **manifest_env(docs, "chatd"), **injected}
-        init_and_serve(os.path.join(bin_dir, "chatd"), os.path.join(cdir, "chatd.toml"), [], env, cdir)
+        init_and_serve(os.path.join(bin_dir, "chatd"), os.path.join(cdir, "chatd.toml"), [], env, cdir,
+                       what="with the Kubernetes environment")
 
         # hsm-vault: a SoftHSM token, init, then serve until it listens.
         vdir = os.path.join(tmp, "vault")
-        tokens = os.path.join(vdir, "tokens")
-        os.makedirs(tokens)
-        conf = os.path.join(vdir, "softhsm2.conf")
-        with open(conf, "w") as f:
-            f.write(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
-        module = next(p for p in ["/usr/lib/softhsm/libsofthsm2.so",
-                                  "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-                                  "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so"] if os.path.exists(p))
-        henv = {**base, "SOFTHSM2_CONF": conf}
-        subprocess.run(["softhsm2-util", "--init-token", "--free", "--label", "e2ebk-vault",
-                        "--pin", "1234", "--so-pin", "5678"], env=henv, check=True, capture_output=True)
-        with open(os.path.join(vdir, "pin"), "w") as f:
-            f.write("1234\n")
-        os.chmod(os.path.join(vdir, "pin"), 0o600)
-        with open(os.path.join(vdir, "vault.toml"), "w") as f:
-            f.write(f'data_dir = "data"\n[hsm]\nmodule = "{module}"\ntoken_label = "e2ebk-vault"\npin_file = "pin"\n'
-                    '[link]\nlisten = "127.0.0.1:0"\nchatd_keys = ["' + "07" * 32 + '"]\n[admin]\nlisten = "127.0.0.1:0"\n')
+        os.makedirs(vdir)
+        conf, pin = softhsm_token(os.path.join(vdir, "tokens"), vdir)
+        write(os.path.join(vdir, "vault.toml"), vault_config("data", pin))
         vault_env = manifest_env(docs, "hsm-vault")
         # The pod's raft settings need a formed group; this checks start-up.
         vault_env = {k: v for k, v in vault_env.items() if "RAFT__" not in k and "CONTROL__" not in k}
         # SoftHSM's configuration is the test's own, not the pod's path.
         env = {**base, **vault_env, **injected, "SOFTHSM2_CONF": conf}
         init_and_serve(os.path.join(bin_dir, "hsm-vault"), os.path.join(vdir, "vault.toml"),
-                       ["--fleet-id", "k8s-env"], env, vdir)
+                       ["--fleet-id", "k8s-env"], env, vdir, what="with the Kubernetes environment")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -275,9 +223,7 @@ def main():
     schema(sorted(glob.glob(os.path.join(HERE, "*.yaml"))))
     rules(docs)
     run_binaries(docs, sys.argv[1])
-    if failures:
-        sys.exit(f"{len(failures)} Kubernetes check(s) failed")
-    print("Kubernetes manifests: all checks passed")
+    finish("Kubernetes manifests")
 
 
 if __name__ == "__main__":
