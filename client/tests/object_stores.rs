@@ -99,7 +99,19 @@ fn missing_bucket(scheme: &str, dir: &Path) {
         &NoProgress,
     )
     .unwrap_err();
-    assert!(matches!(err, BackupIoError::ObjectStore { .. }), "{err}");
+    if scheme == "az" {
+        // Known gap, for the client: an Azure multipart upload starts
+        // without a request, so a missing container surfaces only when the
+        // first block is put, as a generic object-store error rather than
+        // BucketNotFound (and so with another exit code). When that is
+        // fixed, this branch goes.
+        assert!(matches!(err, BackupIoError::ObjectStore { .. }), "{err}");
+    } else {
+        assert!(
+            matches!(&err, BackupIoError::BucketNotFound { bucket, .. } if bucket == "no-such-bucket"),
+            "{err}"
+        );
+    }
     let out = dir.join("from-missing");
     let err = restore(&url, &out).unwrap_err();
     assert!(matches!(err, BackupIoError::ObjectStore { .. }), "{err}");
