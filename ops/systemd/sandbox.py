@@ -19,7 +19,12 @@ read. The rest of the sandbox (SystemCallFilter=, MemoryDenyWriteExecute=,
 RestrictAddressFamilies=, PrivateDevices=, ProtectKernel*=, ...) needs
 systemd itself; `systemd-analyze security` checks that it is configured.
 
-Usage: sandbox.py BIN_DIR WORK_DIR   (WORK_DIR outside /tmp, which is hidden)
+The sandbox hides /tmp, /home and /root, so a checkout in any of them
+(CI clones to /tmp) cannot be run from where it is: the binaries are
+copied into a fresh folder under /var/tmp with the state folders, and that
+folder is removed at the end.
+
+Usage: sandbox.py BIN_DIR
 """
 
 import os
@@ -27,6 +32,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import checks  # noqa: E402  (ops/checks.py)
@@ -82,11 +88,23 @@ def private_files(folder):
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) != 2:
         sys.exit(__doc__)
-    bin_dir, work = map(os.path.abspath, sys.argv[1:])
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
+    work = tempfile.mkdtemp(prefix="e2ebk-sandbox-", dir="/var/tmp")
+    try:
+        run_all(os.path.abspath(sys.argv[1]), work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    checks.finish("systemd sandbox (without systemd)")
+
+
+def run_all(bin_dir, work):
+    os.chmod(work, 0o755)
+    bins = os.path.join(work, "bin")
+    os.makedirs(bins)
+    for name in ("chatd", "hsm-vault"):
+        shutil.copy2(os.path.join(bin_dir, name), bins)
+    bin_dir = bins
     env = {k: v for k, v in os.environ.items() if not (k.startswith("CHATD_") or k.startswith("HSM_VAULT_"))}
     env.pop("RUST_LOG", None)
 
@@ -118,9 +136,6 @@ def main():
                           wrapper=sandbox("hsm-vault.service", state), what="under hsm-vault.service's sandbox")
     for f in private_files(os.path.join(state, "data")):
         checks.fail(f"hsm-vault left {f} readable by others under UMask")
-
-    shutil.rmtree(work, ignore_errors=True)
-    checks.finish("systemd sandbox (without systemd)")
 
 
 if __name__ == "__main__":
