@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use service_kit::admin::AdminConfig;
 use service_kit::logging::LogConfig;
 
+use crate::proxy_protocol::ProxyPolicy;
+
 pub const ENV_PREFIX: &str = "CHATD_";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +42,14 @@ pub struct ListenConfig {
     pub ws_read_buffer: usize,
     /// WebSocket write buffer per connection, bytes.
     pub ws_write_buffer: usize,
+    /// Expect a PROXY protocol v2 header on every connection and take the
+    /// client's address from it (for per-address limits and logs), as a
+    /// TCP load balancer in front sends it. Off by default.
+    pub proxy_protocol: bool,
+    /// Addresses or CIDR ranges of the load balancers allowed to send that
+    /// header. With `proxy_protocol` on, a connection from anywhere else is
+    /// refused.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,6 +123,8 @@ impl Default for ListenConfig {
             max_connections: 15_000,
             ws_read_buffer: 4096,
             ws_write_buffer: 4096,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -185,7 +197,23 @@ impl ChatdConfig {
         if self.listen.ws_read_buffer < 1024 {
             return Err(bad("listen.ws_read_buffer must be at least 1024"));
         }
+        if self.listen.proxy_protocol && self.listen.trusted_proxies.is_empty() {
+            return Err(bad(
+                "listen.proxy_protocol needs listen.trusted_proxies: the load balancers' addresses",
+            ));
+        }
+        self.proxy_policy()?;
         Ok(())
+    }
+
+    /// The PROXY protocol policy, when `listen.proxy_protocol` is on.
+    pub fn proxy_policy(&self) -> Result<Option<ProxyPolicy>, crate::Error> {
+        if !self.listen.proxy_protocol {
+            return Ok(None);
+        }
+        ProxyPolicy::new(&self.listen.trusted_proxies)
+            .map(Some)
+            .map_err(crate::Error::Config)
     }
 
     pub fn directory_path(&self) -> PathBuf {

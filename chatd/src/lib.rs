@@ -18,6 +18,8 @@
 //! | [`directory`] | accounts, device keys, enrolment codes, revocations (SQLite) |
 //! | [`revocations`] | following revocations so open connections close within a second |
 //! | [`rate_limits`] | token buckets: per address, per connection, per account |
+//! | [`proxy_protocol`] | PROXY protocol v2 on the listener: the client's address behind a load balancer |
+//! | [`metrics`] | the table of every metric chatd exports |
 //! | [`config`], [`keys`] | the TOML configuration; chatd's key files |
 //!
 //! One tunnel request, hop by hop: [`conn`] reads a WebSocket message and
@@ -34,6 +36,8 @@ pub mod directory;
 pub mod keys;
 pub mod leader;
 pub mod link_tunnels;
+pub mod metrics;
+pub mod proxy_protocol;
 pub mod rate_limits;
 pub mod revocations;
 pub mod server;

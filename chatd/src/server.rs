@@ -19,6 +19,7 @@ use crate::config::ChatdConfig;
 use crate::conn::{self, Frontend};
 use crate::directory::{Directory, SqliteDirectory};
 use crate::leader::VaultLinks;
+use crate::proxy_protocol::{self, ProxyPolicy, ProxyRefusal};
 use crate::rate_limits::{AccountLimits, SourceLimiter};
 use crate::revocations::RevocationFeed;
 use crate::vault_link::LinkSettings;
@@ -44,7 +45,7 @@ fn bind(addr: &str, reuse_port: bool) -> Result<TcpListener, Error> {
 
 /// Runs chatd until shutdown.
 pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Result<(), Error> {
-    let metrics = service_kit::admin::install_metrics()?;
+    let metrics = service_kit::admin::install_metrics(&crate::metrics::table())?;
     let health = Health::new();
     let static_key = keys::load(&cfg.static_key_path())?;
     let link_key = keys::load(&cfg.link_key_path())?;
@@ -124,7 +125,8 @@ pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
         })
     };
 
-    accept_loop(listener, frontend.clone(), health, shutdown.clone()).await;
+    let proxy = cfg.proxy_policy()?.map(Arc::new);
+    accept_loop(listener, frontend.clone(), proxy, health, shutdown.clone()).await;
 
     // Wait for connections to finish: the drain deadline plus the close
     // handshake, or a short grace on a fast shutdown.
@@ -151,16 +153,49 @@ pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
     Ok(())
 }
 
+/// The client's address: the TCP peer's, or with PROXY protocol on, the one
+/// its header names (read within the handshake deadline). `None` refuses
+/// the connection.
+async fn client_address(
+    stream: &mut tokio::net::TcpStream,
+    peer: SocketAddr,
+    proxy: Option<&ProxyPolicy>,
+    frontend: &Frontend,
+) -> Option<SocketAddr> {
+    let Some(policy) = proxy else {
+        tracing::debug!(client = %peer, "connection");
+        return Some(peer);
+    };
+    let deadline = Duration::from_secs(frontend.cfg.limits.handshake_timeout_secs);
+    let read = proxy_protocol::read_client_address(stream, peer, policy);
+    let outcome = tokio::time::timeout(deadline, read)
+        .await
+        .unwrap_or(Err(ProxyRefusal::Timeout));
+    match outcome {
+        Ok(client) => {
+            tracing::debug!(client = %client, proxy = %peer, "connection");
+            Some(client)
+        }
+        Err(refusal) => {
+            metrics::counter!("chatd_connections_refused_total", "reason" => "proxy_header")
+                .increment(1);
+            tracing::warn!(%peer, error = %refusal, "connection refused");
+            None
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     frontend: Arc<Frontend>,
+    proxy: Option<Arc<ProxyPolicy>>,
     health: Arc<Health>,
     mut shutdown: watch::Receiver<Shutdown>,
 ) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
+                let (mut stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors, usually: back off briefly.
@@ -176,8 +211,11 @@ async fn accept_loop(
                 }
                 frontend.connections.fetch_add(1, Ordering::SeqCst);
                 let frontend = frontend.clone();
+                let proxy = proxy.clone();
                 tokio::spawn(async move {
-                    conn::serve(stream, peer, frontend.clone()).await;
+                    if let Some(client) = client_address(&mut stream, peer, proxy.as_deref(), &frontend).await {
+                        conn::serve(stream, client, frontend.clone()).await;
+                    }
                     frontend.connections.fetch_sub(1, Ordering::SeqCst);
                 });
             }

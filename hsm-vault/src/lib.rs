@@ -15,6 +15,7 @@
 //! | [`seal`] | the sealed format and the [`seal::Sealer`] trait the core seals through |
 //! | [`secrets`] | the fleet's long-term secrets and their sealed file |
 //! | [`entropy`] | randomness as the core sees it |
+//! | [`metrics`] | the table of every metric the vault exports, and the `vault_raft_*` gauges |
 //! | [`config`], [`error`] | the TOML configuration; the crate's one error type |
 //!
 //! One request, hop by hop: a link frame reaches [`server::link`], whose
@@ -30,6 +31,7 @@ pub mod core;
 pub mod entropy;
 pub mod error;
 pub mod hsm;
+pub mod metrics;
 pub mod raft;
 pub mod seal;
 pub mod secrets;

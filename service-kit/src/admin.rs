@@ -69,19 +69,27 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     2.5, 5.0, 10.0,
 ];
 
-/// Installs the global Prometheus recorder and keeps its histograms drained.
+/// Installs the global Prometheus recorder, registers the binary's
+/// metrics `table` (HELP text, counters at zero: see
+/// [`crate::metrics::register`]), adds the standard `process_*` metrics,
+/// and keeps histograms drained and process metrics fresh (every 5 s).
 /// Call once, inside a tokio runtime.
-pub fn install_metrics() -> Result<PrometheusHandle, Error> {
+pub fn install_metrics(table: &[crate::metrics::MetricDef]) -> Result<PrometheusHandle, Error> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
         .map_err(|e| Error::Metrics(e.to_string()))?
         .install_recorder()
         .map_err(|e| Error::Metrics(e.to_string()))?;
+    crate::metrics::register(table);
+    let process = metrics_process::Collector::default();
+    process.describe();
+    process.collect();
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
+            process.collect();
             upkeep.run_upkeep();
         }
     });

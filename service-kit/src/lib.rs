@@ -10,6 +10,7 @@ pub mod admin;
 pub mod backoff;
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod rate;
 pub mod records;
 pub mod secret;

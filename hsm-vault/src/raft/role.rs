@@ -37,7 +37,7 @@ impl Role {
 /// Follows Raft's view of the cluster: publishes this replica's role for
 /// the link listener (leader, or the leader's link address), keeps
 /// `/readyz` honest (false without a reachable quorum), and exports the
-/// `vault_raft_*` metrics.
+/// `vault_raft_*` metrics ([`crate::metrics::export_raft`]).
 pub fn watch_role(
     raft: &Raft<VaultRaft>,
     health: Arc<Health>,
@@ -87,6 +87,7 @@ pub fn watch_role(
                 leader: leader && quorum_fresh && !diverged,
                 leader_hint: if leader { None } else { hint },
             };
+            crate::metrics::export_raft(&m, role.leader);
             tx.send_if_modified(|r| {
                 if *r != role {
                     *r = role;
@@ -95,16 +96,6 @@ pub fn watch_role(
                     false
                 }
             });
-            metrics::gauge!("vault_raft_term").set(m.current_term as f64);
-            metrics::gauge!("vault_raft_is_leader").set(if leader { 1.0 } else { 0.0 });
-            metrics::gauge!("vault_raft_leader").set(m.current_leader.map_or(-1.0, |l| l as f64));
-            let last_log = m.last_log_index.unwrap_or(0);
-            let applied = m.last_applied.map_or(0, |l| l.index);
-            metrics::gauge!("vault_raft_last_log_index").set(last_log as f64);
-            metrics::gauge!("vault_raft_last_applied_index").set(applied as f64);
-            metrics::gauge!("vault_raft_apply_lag").set(last_log.saturating_sub(applied) as f64);
-            metrics::gauge!("vault_raft_voters")
-                .set(m.membership_config.membership().voter_ids().count() as f64);
         }
     });
     rx

@@ -123,7 +123,7 @@ impl Replica {
     /// Opens everything start-up needs, stopping at the first problem with
     /// its message; nothing is announced or served yet.
     pub async fn open(cfg: VaultConfig) -> Result<Replica, Error> {
-        let metrics = service_kit::admin::install_metrics()?;
+        let metrics = service_kit::admin::install_metrics(&crate::metrics::table())?;
         let health = Health::new();
         let for_open = cfg.clone();
         let opened = tokio::task::spawn_blocking(move || open_blocking(&for_open))
