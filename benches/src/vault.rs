@@ -398,12 +398,14 @@ pub fn ke1_messages(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A registered record body of the real size (291 bytes), for timing
+/// A registered record body of the real size (300 bytes), for timing
 /// seal and unseal alone.
 pub fn sample_record_body() -> Vec<u8> {
     RecordBody::Registered(Registration {
         attempts_used: 3,
         registration_nonce: [7; REGISTRATION_NONCE_LEN],
+        registered_at_unix_secs: 1_700_000_000,
+        kind: Some(RegistrationMode::Create),
         opaque_record: vec![5; opaque::sizes::REGISTRATION_UPLOAD],
         wrapped_key: [6; WRAPPED_KEY_LEN],
     })

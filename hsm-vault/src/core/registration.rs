@@ -100,6 +100,8 @@ impl Vault {
         let fresh = RecordBody::Registered(Registration {
             attempts_used: 0,
             registration_nonce: nonce,
+            registered_at_unix_secs: now.unix_secs,
+            kind: Some(mode),
             opaque_record,
             wrapped_key: *wrapped_key.as_bytes(),
         });
@@ -125,11 +127,7 @@ impl Vault {
                 return Ok(Pass::Again);
             }
             session.state = SessionState::Idle;
-            let mode_label = match mode {
-                RegistrationMode::Create => "create",
-                RegistrationMode::Replace => "replace",
-                RegistrationMode::ChangePassword => "change_password",
-            };
+            let mode_label = mode.label();
             metrics::counter!("vault_registrations_total", "mode" => mode_label).increment(1);
             tracing::info!(%account, mode = mode_label, "registration committed");
             Ok(Pass::Done(VaultResponse::Registered {

@@ -69,6 +69,26 @@ pub enum RegistrationMode {
 }
 
 impl RegistrationMode {
+    /// Stable label for logs, metrics and files.
+    pub fn label(self) -> &'static str {
+        match self {
+            RegistrationMode::Create => "create",
+            RegistrationMode::Replace => "replace",
+            RegistrationMode::ChangePassword => "change_password",
+        }
+    }
+
+    /// The mode a [`RegistrationMode::label`] names.
+    pub fn from_label(label: &str) -> Option<Self> {
+        [
+            RegistrationMode::Create,
+            RegistrationMode::Replace,
+            RegistrationMode::ChangePassword,
+        ]
+        .into_iter()
+        .find(|m| m.label() == label)
+    }
+
     fn to_pb(self) -> pb::RegistrationMode {
         match self {
             RegistrationMode::Create => pb::RegistrationMode::Create,
@@ -443,5 +463,22 @@ impl fmt::Debug for VaultResponse {
             VaultResponse::Error(code) => write!(f, "Error({})", code.label()),
             other => f.write_str(other.label()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registration_mode_labels_round_trip() {
+        for m in [
+            RegistrationMode::Create,
+            RegistrationMode::Replace,
+            RegistrationMode::ChangePassword,
+        ] {
+            assert_eq!(RegistrationMode::from_label(m.label()), Some(m));
+        }
+        assert_eq!(RegistrationMode::from_label("unknown"), None);
     }
 }
