@@ -158,7 +158,8 @@ fn register(vault: &Vault, account: &AccountId, fleet: &FleetId) {
         .finish(&resp, account, fleet, &k)
         .expect("registration finish");
     let resp = vault.handle(now, &mut session, finish);
-    vault_flow::registered(&resp).expect("the vault registered the account");
+    vault_flow::registered(&resp, RegistrationMode::Create)
+        .expect("the vault registered the account");
 }
 
 /// Fleet secrets for a benchmark fleet (the OPAQUE server setup is the part

@@ -195,7 +195,7 @@ impl Device {
         let finish_req = flow.finish(&r, self.profile.account(), &self.profile.fleet_id, key)?;
         *finish_sent = true;
         let r = conn.request(&mut t, &finish_req).await?;
-        let max = vault_flow::registered(&r)?;
+        let max = vault_flow::registered(&r, mode)?.max_attempts;
         finish(conn, t).await;
         Ok(max)
     }
@@ -222,11 +222,12 @@ impl Device {
         consent: &dyn LastAttemptConsent,
     ) -> Result<(RootKey, u32), ClientError> {
         let (mut conn, mut t, key) = self.logged_in(old, consent).await?;
-        let (flow, start) = PasswordRegistration::start(new, RegistrationMode::ChangePassword)?;
+        let mode = RegistrationMode::ChangePassword;
+        let (flow, start) = PasswordRegistration::start(new, mode)?;
         let r = conn.request(&mut t, &start).await?;
         let finish_req = flow.finish(&r, self.profile.account(), &self.profile.fleet_id, &key)?;
         let r = conn.request(&mut t, &finish_req).await?;
-        let max = vault_flow::registered(&r)?;
+        let max = vault_flow::registered(&r, mode)?.max_attempts;
         finish(conn, t).await;
         Ok((key, max))
     }
@@ -432,6 +433,7 @@ mod tests {
             state,
             attempts_remaining,
             max_attempts: 10,
+            escrow: None,
         }
     }
 

@@ -10,8 +10,7 @@
 //!               || opaque_record [192] || wrapped_key [61]
 //!     kind:     0 unknown | 1 create | 2 replace | 3 change_password
 //!   locked:     locked_at_unix_secs u64
-//! format 1 body (written before registrations kept their time and kind;
-//! still read)
+//! format 1 body (written before the escrow epoch, SPEC 8.7; still read)
 //!   the same without registered_at_unix_secs and kind, which read as 0
 //!   and unknown; the next write of the record is format 2
 //! stored (what the store and the replicated log hold)
@@ -26,12 +25,13 @@
 //!
 //! `registered_at_unix_secs` and `kind` say when (the vault's clock) and
 //! how a registration was made; a login's count and reset carry them over.
-//! Neither is secret.
+//! Nothing new is secret: the escrow epoch `Status` shows is derived from
+//! the nonce at answer time and never stored.
 
 use protocol_spec::frame::Reader;
 use protocol_spec::ids::AccountId;
 use protocol_spec::keywrap::{WrappedKey, WRAPPED_KEY_LEN};
-use protocol_spec::messages::vault::RegistrationMode;
+use protocol_spec::messages::vault::{Escrow, EscrowEpoch, RegistrationMode};
 use protocol_spec::opaque::{sizes, REGISTRATION_NONCE_LEN};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -81,6 +81,17 @@ impl std::fmt::Debug for Registration {
 impl Registration {
     pub fn wrapped_key(&self) -> Result<WrappedKey, Error> {
         WrappedKey::from_slice(&self.wrapped_key).map_err(|_| Error::Corrupt("wrapped key"))
+    }
+
+    /// What `Status` and `Registered` say about this registration (SPEC
+    /// 8.7): its epoch, derived from the nonce (which never leaves the
+    /// vault), when and how it was made.
+    pub fn escrow(&self) -> Escrow {
+        Escrow {
+            epoch: EscrowEpoch::of_registration(&self.registration_nonce),
+            registered_at_unix_secs: self.registered_at_unix_secs,
+            kind: self.kind,
+        }
     }
 }
 
@@ -377,6 +388,21 @@ mod tests {
         let mut as_v1 = reg().encode().to_vec();
         as_v1[0] = 1;
         assert!(RecordBody::decode(&as_v1).is_err());
+    }
+
+    #[test]
+    fn the_escrow_shows_an_epoch_of_the_nonce_never_the_nonce() {
+        let RecordBody::Registered(r) = reg() else {
+            unreachable!()
+        };
+        let e = r.escrow();
+        assert_eq!(e.epoch, EscrowEpoch::of_registration(&[9; 32]));
+        assert_ne!(&e.epoch.as_bytes()[..], &r.registration_nonce[..16]);
+        assert_eq!(e.registered_at_unix_secs, 1_796_133_780);
+        assert_eq!(e.kind, Some(RegistrationMode::Replace));
+        let shown = format!("{r:?}");
+        assert!(shown.contains("kind=replace"), "{shown}");
+        assert!(!shown.contains("9, 9"), "{shown}");
     }
 
     #[test]
