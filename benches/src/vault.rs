@@ -158,7 +158,8 @@ fn register(vault: &Vault, account: &AccountId, fleet: &FleetId) {
         .finish(&resp, account, fleet, &k)
         .expect("registration finish");
     let resp = vault.handle(now, &mut session, finish);
-    vault_flow::registered(&resp).expect("the vault registered the account");
+    vault_flow::registered(&resp, RegistrationMode::Create)
+        .expect("the vault registered the account");
 }
 
 /// Fleet secrets for a benchmark fleet (the OPAQUE server setup is the part
@@ -398,12 +399,14 @@ pub fn ke1_messages(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A registered record body of the real size (291 bytes), for timing
+/// A registered record body of the real size (300 bytes), for timing
 /// seal and unseal alone.
 pub fn sample_record_body() -> Vec<u8> {
     RecordBody::Registered(Registration {
         attempts_used: 3,
         registration_nonce: [7; REGISTRATION_NONCE_LEN],
+        registered_at_unix_secs: 1_700_000_000,
+        kind: Some(RegistrationMode::Create),
         opaque_record: vec![5; opaque::sizes::REGISTRATION_UPLOAD],
         wrapped_key: [6; WRAPPED_KEY_LEN],
     })

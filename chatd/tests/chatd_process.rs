@@ -95,7 +95,7 @@ impl Stack {
         let r = c.request(&mut t, &start).await.unwrap();
         let finish = flow.finish(&r, &a, &self.vault.fleet.fleet_id, k).unwrap();
         let r = c.request(&mut t, &finish).await.unwrap();
-        vault_flow::registered(&r).unwrap();
+        vault_flow::registered(&r, RegistrationMode::Create).unwrap();
         c.close_tunnel(t).await.unwrap();
         finish
     }

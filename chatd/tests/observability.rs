@@ -161,7 +161,7 @@ async fn exercise(url: String, chatd: &ChatdFixture, cluster: &VaultCluster) {
     let r = c.request(&mut t, &start).await.unwrap();
     let finish = flow.finish(&r, &account, &fleet.fleet_id, &k).unwrap();
     let r = c.request(&mut t, &finish).await.unwrap();
-    vault_flow::registered(&r).unwrap();
+    vault_flow::registered(&r, RegistrationMode::Create).unwrap();
     let (flow, start) = PasswordLogin::start(&password).unwrap();
     let r = c.request(&mut t, &start).await.unwrap();
     let (finish, verified) = flow.finish(&r, &account, &fleet.fleet_id).unwrap();

@@ -16,7 +16,10 @@
 //! - after `disable`, the cached copy is deleted only if it is the vault's
 //!   key: a different one may be the only copy of a 64-digit key;
 //! - after `enable --manual`, one quick, best-effort look at whether the
-//!   vault also holds a password escrow the person may want gone.
+//!   vault also holds a password escrow the person may want gone;
+//! - the escrow this device made (`enable --password`, `change-password`)
+//!   is the one it remembers as accepted, and `disable` forgets it
+//!   ([`crate::escrow`]).
 //!
 //! Every operation returns what it did ([`KeyOrigin`], [`CachedKey`],
 //! [`ForgottenKey`], ...) and prints nothing: the caller says it in its own
@@ -32,7 +35,9 @@ use zeroize::Zeroizing;
 
 use crate::device::{Device, LastAttemptConsent};
 use crate::error::ClientError;
+use crate::escrow::{self, Accepted};
 use crate::profile::{fill_random, Profile};
+use crate::vault_flow::NewRegistration;
 
 /// How long the best-effort escrow check after `enable --manual` waits:
 /// that command does not need the network, so it must not hang on it.
@@ -66,12 +71,14 @@ pub fn key_to_protect(profile: &Profile) -> Result<(RootKey, KeyOrigin), ClientE
 }
 
 /// What `enable --password` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct PasswordEnabled {
     /// Wrong passwords in a row that erase the escrow.
     pub max_attempts: u32,
     /// Whether the escrowed key is new or this device's existing one.
     pub key: KeyOrigin,
+    /// Whether the new escrow is remembered as this device's.
+    pub escrow: Accepted,
 }
 
 /// Escrows this device's key (or a new one) under `password`, with `mode`
@@ -113,11 +120,16 @@ impl<'p> EscrowCandidate<'p> {
     }
 
     /// Takes the vault's answer to the registration.
-    fn settle(self, escrowed: Result<u32, ClientError>) -> Result<PasswordEnabled, ClientError> {
+    fn settle(
+        self,
+        escrowed: Result<NewRegistration, ClientError>,
+    ) -> Result<PasswordEnabled, ClientError> {
         match escrowed {
-            Ok(max_attempts) => Ok(PasswordEnabled {
-                max_attempts,
+            Ok(registered) => Ok(PasswordEnabled {
+                max_attempts: registered.max_attempts,
                 key: self.origin,
+                // This device made it: not a change to report later.
+                escrow: escrow::accept(self.profile, registered.escrow),
             }),
             // The vault may hold this key: keep the cache, so a retry or
             // --replace escrows the same key.
@@ -214,6 +226,9 @@ pub struct PasswordChanged {
     pub max_attempts: u32,
     /// Whether this device backs up with the key the vault holds.
     pub cached_key: CachedKey,
+    /// Whether the new escrow (a password change is a new epoch) is
+    /// remembered as this device's.
+    pub escrow: Accepted,
 }
 
 /// Logs in with `old` and escrows the same `K` under `new`, then compares
@@ -225,10 +240,11 @@ pub async fn change_password(
     new: &Password,
     consent: &dyn LastAttemptConsent,
 ) -> Result<PasswordChanged, ClientError> {
-    let (key, max_attempts) = device.change_password(old, new, consent).await?;
+    let (key, registered) = device.change_password(old, new, consent).await?;
     Ok(PasswordChanged {
-        max_attempts,
+        max_attempts: registered.max_attempts,
         cached_key: compare_cached_key(device.profile(), &key),
+        escrow: escrow::accept(device.profile(), registered.escrow),
     })
 }
 
@@ -254,11 +270,15 @@ pub struct Disabled {
     /// device's copy of the vault's key could not be deleted and is still
     /// on disk.
     pub cached_key: Result<ForgottenKey, ClientError>,
+    /// This device deleted the escrow, so it no longer remembers one; an
+    /// error means the file is still there (and `status` would say this
+    /// device's escrow is gone).
+    pub escrow_forgotten: Result<(), ClientError>,
 }
 
 /// Logs in with `password`, deletes the vault's escrow, then forgets this
-/// device's copy of that key (never a different one). `consent` is asked
-/// before the last attempt.
+/// device's copy of that key (never a different one) and the escrow it
+/// remembered. `consent` is asked before the last attempt.
 pub async fn disable(
     device: &Device,
     password: &Password,
@@ -267,6 +287,7 @@ pub async fn disable(
     let key = device.delete(password, consent).await?;
     Ok(Disabled {
         cached_key: forget_if_vault_key(device.profile(), &key),
+        escrow_forgotten: escrow::forget(device.profile()),
     })
 }
 

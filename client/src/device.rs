@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use protocol_spec::ids::EnrolmentCode;
 use protocol_spec::keys::StaticSecret;
 use protocol_spec::messages::vault::{
-    RecordState, RegistrationMode, StatusReport, VaultRequest, VaultResponse,
+    Escrow, RecordState, RegistrationMode, StatusReport, VaultRequest, VaultResponse,
 };
 use protocol_spec::password::Password;
 use protocol_spec::retry::Backoff;
@@ -41,7 +41,7 @@ use protocol_spec::root_key::RootKey;
 use crate::connection::{Connection, VaultTunnel};
 use crate::error::ClientError;
 use crate::profile::Profile;
-use crate::vault_flow::{self, FlowError, PasswordLogin, PasswordRegistration};
+use crate::vault_flow::{self, FlowError, NewRegistration, PasswordLogin, PasswordRegistration};
 
 /// Most tries of one retryable step (SPEC.md 9.4, interactive operations).
 pub const MAX_TRIES: u32 = 5;
@@ -96,6 +96,18 @@ pub enum Enrolment {
     EnrolledNow,
     /// The device key was already enrolled; the code was not needed.
     AlreadyEnrolled,
+}
+
+/// `K` as a successful login released it, and the escrow it came from.
+#[derive(Debug)]
+pub struct Released {
+    /// The escrowed root key.
+    pub key: RootKey,
+    /// The escrow as the `Status` just before the login, in the same
+    /// tunnel, described it (SPEC.md 8.7). A registration committed
+    /// between the two would have failed the login unless it used the
+    /// same password. `None` from a vault that does not describe it.
+    pub escrow: Option<Escrow>,
 }
 
 /// An enrolled (or enrolling) device acting for the profile's account.
@@ -154,14 +166,15 @@ impl Device {
     }
 
     /// Escrows `key` under `password` with `mode` `Create` or `Replace`.
-    /// Returns the vault's `max_attempts`. Retried as a whole; see
-    /// [`ClientError::RegistrationUnknown`] for the one ambiguous case.
+    /// Returns what the vault said about the new escrow. Retried as a
+    /// whole; see [`ClientError::RegistrationUnknown`] for the one
+    /// ambiguous case.
     pub async fn register(
         &self,
         password: &Password,
         mode: RegistrationMode,
         key: &RootKey,
-    ) -> Result<u32, ClientError> {
+    ) -> Result<NewRegistration, ClientError> {
         let mut budget = RetryBudget::new();
         let mut finish_sent = false;
         loop {
@@ -169,7 +182,7 @@ impl Device {
                 .register_once(password, mode, key, &mut finish_sent)
                 .await
             {
-                Ok(max) => return Ok(max),
+                Ok(registered) => return Ok(registered),
                 // An earlier try's RegisterFinish may have committed before
                 // its answer was lost; the record found now may be ours.
                 Err(ClientError::Flow(FlowError::AlreadyRegistered))
@@ -188,16 +201,16 @@ impl Device {
         mode: RegistrationMode,
         key: &RootKey,
         finish_sent: &mut bool,
-    ) -> Result<u32, ClientError> {
+    ) -> Result<NewRegistration, ClientError> {
         let (mut conn, mut t) = self.open_once().await?;
         let (flow, start) = PasswordRegistration::start(password, mode)?;
         let r = conn.request(&mut t, &start).await?;
         let finish_req = flow.finish(&r, self.profile.account(), &self.profile.fleet_id, key)?;
         *finish_sent = true;
         let r = conn.request(&mut t, &finish_req).await?;
-        let max = vault_flow::registered(&r)?;
+        let registered = vault_flow::registered(&r, mode)?;
         finish(conn, t).await;
-        Ok(max)
+        Ok(registered)
     }
 
     /// Logs in with `password` and returns the escrowed `K`. Spends an
@@ -207,28 +220,30 @@ impl Device {
         &self,
         password: &Password,
         consent: &dyn LastAttemptConsent,
-    ) -> Result<RootKey, ClientError> {
-        let (conn, t, key) = self.logged_in(password, consent).await?;
+    ) -> Result<Released, ClientError> {
+        let (conn, t, released) = self.logged_in(password, consent).await?;
         finish(conn, t).await;
-        Ok(key)
+        Ok(released)
     }
 
     /// Logs in with `old`, then in the same tunnel escrows the same `K`
-    /// under `new` (mode `ChangePassword`). Returns `K` and `max_attempts`.
+    /// under `new` (mode `ChangePassword`). Returns `K` and what the vault
+    /// said about the new escrow.
     pub async fn change_password(
         &self,
         old: &Password,
         new: &Password,
         consent: &dyn LastAttemptConsent,
-    ) -> Result<(RootKey, u32), ClientError> {
-        let (mut conn, mut t, key) = self.logged_in(old, consent).await?;
-        let (flow, start) = PasswordRegistration::start(new, RegistrationMode::ChangePassword)?;
+    ) -> Result<(RootKey, NewRegistration), ClientError> {
+        let (mut conn, mut t, Released { key, .. }) = self.logged_in(old, consent).await?;
+        let mode = RegistrationMode::ChangePassword;
+        let (flow, start) = PasswordRegistration::start(new, mode)?;
         let r = conn.request(&mut t, &start).await?;
         let finish_req = flow.finish(&r, self.profile.account(), &self.profile.fleet_id, &key)?;
         let r = conn.request(&mut t, &finish_req).await?;
-        let max = vault_flow::registered(&r)?;
+        let registered = vault_flow::registered(&r, mode)?;
         finish(conn, t).await;
-        Ok((key, max))
+        Ok((key, registered))
     }
 
     /// Logs in with `password` and deletes the escrow (password backups
@@ -239,14 +254,15 @@ impl Device {
         password: &Password,
         consent: &dyn LastAttemptConsent,
     ) -> Result<RootKey, ClientError> {
-        let (mut conn, mut t, key) = self.logged_in(password, consent).await?;
+        let (mut conn, mut t, Released { key, .. }) = self.logged_in(password, consent).await?;
         let r = conn.request(&mut t, &VaultRequest::Delete).await?;
         vault_flow::deleted(&r)?;
         finish(conn, t).await;
         Ok(key)
     }
 
-    /// A tunnel in which `password` has logged in, and `K`. The one path
+    /// A tunnel in which `password` has logged in, and `K` with the escrow
+    /// it came from. The one path
     /// to a `LoginStart`: the tunnel's `Status` comes first, and the
     /// person is asked (or warned) before a last attempt. An outcome the
     /// vault gave (wrong password, locked...) closes the tunnel politely.
@@ -254,8 +270,8 @@ impl Device {
         &self,
         password: &Password,
         consent: &dyn LastAttemptConsent,
-    ) -> Result<(Connection, VaultTunnel, RootKey), ClientError> {
-        let (mut conn, mut t, status) = self.open_with_status().await?;
+    ) -> Result<(Connection, VaultTunnel, Released), ClientError> {
+        let (mut conn, mut t, mut status) = self.open_with_status().await?;
         let mut last_attempt = is_last_attempt(&status);
         match last_attempt_step(&status, consent.can_ask()) {
             LastAttemptStep::Go => {}
@@ -273,14 +289,21 @@ impl Device {
                 let idle = Duration::from_secs(u64::from(conn.hello.idle_timeout_secs));
                 if asked.elapsed() >= idle / 2 {
                     finish(conn, t).await;
-                    let (c, tunnel, status) = self.open_with_status().await?;
-                    (conn, t) = (c, tunnel);
+                    let (c, tunnel, fresh) = self.open_with_status().await?;
+                    (conn, t, status) = (c, tunnel, fresh);
                     last_attempt = is_last_attempt(&status);
                 }
             }
         }
         match self.login(&mut conn, &mut t, password, last_attempt).await {
-            Ok(key) => Ok((conn, t, key)),
+            Ok(key) => Ok((
+                conn,
+                t,
+                Released {
+                    key,
+                    escrow: status.escrow,
+                },
+            )),
             Err(e @ ClientError::Flow(_)) => {
                 finish(conn, t).await;
                 Err(e)
@@ -432,6 +455,7 @@ mod tests {
             state,
             attempts_remaining,
             max_attempts: 10,
+            escrow: None,
         }
     }
 

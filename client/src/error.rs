@@ -76,6 +76,12 @@ pub enum ClientError {
     /// The person declined a confirmation; nothing was changed.
     #[error("cancelled; nothing was changed")]
     Cancelled,
+    /// The vault holds another escrow than the one this device last saw
+    /// and accepted (SPEC.md 8.7): another device replaced it, changed its
+    /// password, or enabled password backups anew. Not retryable: it stays
+    /// so until this device accepts or replaces the escrow.
+    #[error("the vault's escrow is not the one this device last saw: it was registered {}", crate::escrow::described(&.0.now))]
+    EscrowChanged(crate::escrow::EscrowChange),
 }
 
 impl ClientError {

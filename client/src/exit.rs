@@ -7,9 +7,11 @@
 
 use protocol_spec::codes::{CloseCode, TunnelCloseCode, VaultErrorCode};
 use protocol_spec::error::PasswordError;
+use protocol_spec::messages::vault::RegistrationMode;
 
 use crate::backup::BackupIoError;
 use crate::error::ClientError;
+use crate::escrow::{self, EscrowChange};
 use crate::vault_flow::FlowError;
 
 /// `backupctl`'s exit codes.
@@ -43,6 +45,10 @@ pub enum Exit {
     /// does not exist, access was denied, or the storage settings cannot
     /// work (such as a plain http:// endpoint that is not allowed).
     Storage = 10,
+    /// `status`: the vault holds another escrow than the one this device
+    /// last saw and accepted (a forgotten-password reset, a password change
+    /// or password backups enabled anew, from another device).
+    EscrowChanged = 11,
 }
 
 impl Exit {
@@ -108,6 +114,7 @@ pub fn exit_for(e: &ClientError) -> Exit {
         ClientError::NoBackupKey => Exit::NotEnabled,
         ClientError::RegistrationUnknown => Exit::Unavailable,
         ClientError::Cancelled => Exit::Other,
+        ClientError::EscrowChanged(_) => Exit::EscrowChanged,
     }
 }
 
@@ -173,7 +180,35 @@ pub fn explain(e: &ClientError) -> String {
         ClientError::RegistrationUnknown => format!(
             "{e}; run `backupctl status`: if it says registered, run `backupctl enable --password --replace` to make sure the vault holds this device's key, otherwise try again"
         ),
+        ClientError::EscrowChanged(change) => explain_escrow_change(change),
     }
+}
+
+/// What replaced the escrow, when, what it means for this device, and what
+/// to do. Who did it the vault cannot know; that it was not this device
+/// follows from this device remembering every escrow it made.
+fn explain_escrow_change(change: &EscrowChange) -> String {
+    let when = escrow::utc(change.now.registered_at_unix_secs);
+    let seen = escrow::described(&change.seen);
+    let key_may_differ = "the vault may now hold another backup key than this device's, so backups made here may not restore with a password";
+    let what = match change.now.kind {
+        Some(RegistrationMode::Replace) => format!(
+            "escrow replaced {when} by another device (a forgotten-password reset): the escrow this device last saw (registered {seen}) is gone and its password no longer works; {key_may_differ}"
+        ),
+        Some(RegistrationMode::ChangePassword) => format!(
+            "password changed {when} by another device: the escrow this device last saw (registered {seen}) is replaced by one under a new password, and the old password no longer works (a password change keeps the backup key)"
+        ),
+        Some(RegistrationMode::Create) => format!(
+            "password backups enabled anew {when} by another device, after the escrow this device last saw (registered {seen}) was erased or disabled; {key_may_differ}"
+        ),
+        None => format!(
+            "the vault holds another escrow than the one this device last saw (registered {seen}), registered {when} by another device; {key_may_differ}"
+        ),
+    };
+    format!(
+        "{what}. If that was you, restore any backup on this device with `backupctl restore --password` and the current password: that accepts the new escrow. \
+If it was not, someone who can act for your account did it: run `backupctl enable --password --replace` to escrow this device's key under a new password, and ask your operator which devices are enrolled"
+    )
 }
 
 fn explain_flow(f: &FlowError) -> String {
@@ -278,6 +313,56 @@ mod tests {
         };
         assert_eq!(missing("s3://b/k"), Exit::Storage);
         assert_eq!(missing("file:///tmp/k"), Exit::LocalFile);
+    }
+
+    #[test]
+    fn a_changed_escrow_exits_11_and_says_when_how_and_what_to_do() {
+        use protocol_spec::messages::vault::{Escrow, EscrowEpoch};
+        let seen = Escrow {
+            epoch: EscrowEpoch::of_registration(&[1; 32]),
+            registered_at_unix_secs: 1_764_000_000,
+            kind: Some(RegistrationMode::Create),
+        };
+        let changed = |kind| {
+            ClientError::EscrowChanged(EscrowChange {
+                seen,
+                now: Escrow {
+                    epoch: EscrowEpoch::of_registration(&[2; 32]),
+                    registered_at_unix_secs: 1_796_133_780,
+                    kind,
+                },
+            })
+        };
+        for (kind, says, not) in [
+            (
+                Some(RegistrationMode::Replace),
+                "escrow replaced 2026-12-01 14:03 UTC by another device (a forgotten-password reset)",
+                "keeps the backup key",
+            ),
+            (
+                Some(RegistrationMode::ChangePassword),
+                "password changed 2026-12-01 14:03 UTC by another device",
+                "forgotten-password",
+            ),
+            (
+                Some(RegistrationMode::Create),
+                "password backups enabled anew 2026-12-01 14:03 UTC by another device, after the escrow this device last saw",
+                "forgotten-password",
+            ),
+            (None, "registered 2026-12-01 14:03 UTC by another device", "forgotten-password"),
+        ] {
+            let e = changed(kind);
+            assert_eq!(exit_for(&e), Exit::EscrowChanged);
+            assert_eq!(exit_for(&e).code(), 11);
+            assert!(!e.retryable());
+            let text = explain(&e);
+            assert!(text.contains(says), "{kind:?}: {text}");
+            assert!(!text.contains(not), "{kind:?}: {text}");
+            assert!(text.contains("2025-11-24 16:00 UTC (password backups enabled)"), "{text}");
+            assert!(text.contains("`backupctl restore --password`"), "{text}");
+            assert!(text.contains("`backupctl enable --password --replace`"), "{text}");
+            assert!(!text.contains('\n'), "one line: {text}");
+        }
     }
 
     #[test]

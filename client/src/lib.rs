@@ -16,13 +16,16 @@
 //! - [`custody`]: this device's copy of the backup key `K` around those
 //!   operations: which key to escrow, when to cache it, when to forget it.
 //!   Each operation returns what it did and prints nothing.
+//! - [`escrow`]: which escrow this device last saw and accepted (its
+//!   epoch), and what changed since: a replacement, a password change, or
+//!   password backups enabled anew, from another device.
 //! - [`restore`]: a restore as typed steps: refuse early what would fail
 //!   before a password attempt is spent, get the key, decrypt, keep the
 //!   vault's key on a device that has none.
 //! - [`backup`]: the streaming encrypted backup engine and where backups
 //!   live (paths, standard input/output, object stores).
-//! - [`profile`]: the `backupctl` profile and the device's two key files
-//!   (device key, cached backup key).
+//! - [`profile`]: the `backupctl` profile, the device's two key files
+//!   (device key, cached backup key) and the remembered escrow epoch.
 //! - [`terminal`]: secrets, confirmations and progress bars at the
 //!   keyboard.
 //! - [`exit`]: `backupctl`'s exit codes and the one-sentence explanation
@@ -34,6 +37,7 @@ pub mod connection;
 pub mod custody;
 pub mod device;
 pub mod error;
+pub mod escrow;
 pub mod exit;
 pub mod profile;
 pub mod restore;

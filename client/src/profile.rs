@@ -14,6 +14,13 @@
 //! Both are 64 hex digits and a newline, created with mode 0600 and refused
 //! when other users may read them. Their contents never appear in `Debug`
 //! or in error messages.
+//!
+//! One more file, not a secret, lives next to the profile and is named
+//! after it (`profile.toml` → `profile.escrow-epoch`): the **escrow this
+//! device last saw and accepted** (SPEC.md 8.7), its epoch, time and kind,
+//! which [`crate::escrow`] compares with the vault's. It is replaced
+//! atomically (a temporary file renamed into place) and holds nothing that
+//! opens anything.
 
 use std::fs;
 use std::io::{self, Write};
@@ -21,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use protocol_spec::ids::{AccountId, FleetId};
 use protocol_spec::keys::{PublicKey, StaticSecret};
+use protocol_spec::messages::vault::{Escrow, EscrowEpoch, RegistrationMode};
 use protocol_spec::root_key::{RootKey, ROOT_KEY_LEN};
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -33,6 +41,21 @@ pub const PROFILE_ENV: &str = "BACKUPCTL_PROFILE";
 
 /// Default name of the cached backup key, next to the profile.
 pub const DEFAULT_BACKUP_KEY_FILE: &str = "backup.key";
+
+/// What the remembered escrow's file name adds to the profile's stem.
+pub const ESCROW_EPOCH_EXTENSION: &str = "escrow-epoch";
+
+/// The remembered escrow as written on disk.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscrowFile {
+    epoch: String,
+    registered_at_unix_secs: u64,
+    kind: String,
+}
+
+/// What the remembered escrow's `kind` says when the vault did not know.
+const UNKNOWN_KIND: &str = "unknown";
 
 /// The profile as written on disk.
 #[derive(Debug, Deserialize)]
@@ -63,6 +86,8 @@ pub struct Profile {
     pub device_key_file: PathBuf,
     /// This device's cached copy of `K`.
     pub backup_key_file: PathBuf,
+    /// The escrow this device last saw and accepted (not a secret).
+    pub escrow_epoch_file: PathBuf,
 }
 
 impl Profile {
@@ -104,6 +129,8 @@ impl Profile {
         let backup_key_file = file
             .backup_key_file
             .unwrap_or_else(|| PathBuf::from(DEFAULT_BACKUP_KEY_FILE));
+        // Named after the profile, so two profiles in one folder keep apart.
+        let escrow_epoch_file = path.with_extension(ESCROW_EPOCH_EXTENSION);
         Ok(Profile {
             path: path.to_owned(),
             endpoint: Endpoint {
@@ -115,6 +142,7 @@ impl Profile {
             fleet_key,
             device_key_file: folder.join(file.device_key_file),
             backup_key_file: folder.join(backup_key_file),
+            escrow_epoch_file,
         })
     }
 
@@ -179,14 +207,78 @@ impl Profile {
 
     /// Deletes the cached backup key. Returns whether there was one.
     pub fn forget_backup_key(&self) -> Result<bool, ClientError> {
-        match fs::remove_file(&self.backup_key_file) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(ClientError::Profile(format!(
-                "cannot delete {}: {e}; delete it by hand",
-                self.backup_key_file.display()
-            ))),
-        }
+        remove_file(&self.backup_key_file)
+    }
+
+    /// The escrow this device last saw and accepted, if it remembers one.
+    pub fn remembered_escrow(&self) -> Result<Option<Escrow>, ClientError> {
+        let path = &self.escrow_epoch_file;
+        let shown = path.display();
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(ClientError::Profile(format!(
+                    "cannot read {shown}: {e}; check its permissions"
+                )))
+            }
+        };
+        let damaged = |why: &str| {
+            ClientError::Profile(format!(
+                "{shown} is damaged ({why}); delete it: the next `backupctl status` remembers the vault's escrow again"
+            ))
+        };
+        let file: EscrowFile = toml::from_str(&text).map_err(|e| damaged(e.message()))?;
+        let epoch = EscrowEpoch::from_hex(&file.epoch)
+            .ok_or_else(|| damaged("its epoch is not 32 hex digits"))?;
+        let kind = match file.kind.as_str() {
+            UNKNOWN_KIND => None,
+            label => Some(
+                RegistrationMode::from_label(label)
+                    .ok_or_else(|| damaged("its kind is not one backupctl writes"))?,
+            ),
+        };
+        Ok(Some(Escrow {
+            epoch,
+            registered_at_unix_secs: file.registered_at_unix_secs,
+            kind,
+        }))
+    }
+
+    /// Remembers `escrow` as the one this device last saw and accepted,
+    /// replacing what it remembered before, atomically.
+    pub fn remember_escrow(&self, escrow: &Escrow) -> Result<(), ClientError> {
+        let text = format!(
+            "# The vault escrow this device last saw and accepted (SPEC 8.7), kept by\n\
+             # backupctl to notice a replacement from another device. Not a secret.\n\
+             epoch = \"{}\"\nregistered_at_unix_secs = {}\nkind = \"{}\"\n",
+            escrow.epoch.to_hex(),
+            escrow.registered_at_unix_secs,
+            escrow.kind.map_or(UNKNOWN_KIND, RegistrationMode::label)
+        );
+        write_file(
+            &self.escrow_epoch_file,
+            "escrow epoch file",
+            text.as_bytes(),
+            Replace::Yes,
+        )
+    }
+
+    /// Forgets the remembered escrow. Returns whether there was one.
+    pub fn forget_escrow(&self) -> Result<bool, ClientError> {
+        remove_file(&self.escrow_epoch_file)
+    }
+}
+
+/// Deletes `path`; returns whether it existed.
+fn remove_file(path: &Path) -> Result<bool, ClientError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(ClientError::Profile(format!(
+            "cannot delete {}: {e}; delete it by hand",
+            path.display()
+        ))),
     }
 }
 
@@ -257,13 +349,35 @@ fn read_key_file(path: &Path) -> Result<Option<Zeroizing<[u8; ROOT_KEY_LEN]>>, C
 }
 
 /// Writes `hex_text` and a newline to a new file at `path` with mode 0600,
-/// atomically (a temporary file renamed into place), refusing to replace
-/// an existing file.
+/// refusing to replace an existing file.
 fn write_key_file(path: &Path, hex_text: &str) -> Result<(), ClientError> {
+    let mut contents = Zeroizing::new(Vec::with_capacity(hex_text.len() + 1));
+    contents.extend_from_slice(hex_text.as_bytes());
+    contents.push(b'\n');
+    write_file(path, "key file", &contents, Replace::No)
+}
+
+/// Whether [`write_file`] may replace an existing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    Yes,
+    No,
+}
+
+/// Writes `contents` to `path` (a `noun`, for messages) with mode 0600,
+/// atomically: a temporary file in the same folder, synced, then renamed
+/// into place (and the folder synced), so a crash leaves the old file or
+/// the new one, never part of either.
+fn write_file(
+    path: &Path,
+    noun: &str,
+    contents: &[u8],
+    replace: Replace,
+) -> Result<(), ClientError> {
     let shown = path.display();
     let fail = |what: &str, e: io::Error| {
         ClientError::Profile(format!(
-            "cannot {what} key file {shown}: {e}; check that its folder exists and is writable"
+            "cannot {what} {noun} {shown}: {e}; check that its folder exists and is writable"
         ))
     };
     let dir = path
@@ -278,19 +392,24 @@ fn write_key_file(path: &Path, hex_text: &str) -> Result<(), ClientError> {
         builder.permissions(fs::Permissions::from_mode(0o600));
     }
     let mut temp = builder.tempfile_in(dir).map_err(|e| fail("create", e))?;
-    temp.write_all(hex_text.as_bytes())
-        .and_then(|()| temp.write_all(b"\n"))
+    temp.write_all(contents)
         .and_then(|()| temp.as_file().sync_all())
         .map_err(|e| fail("write", e))?;
-    temp.persist_noclobber(path).map_err(|e| {
-        if e.error.kind() == io::ErrorKind::AlreadyExists {
-            ClientError::Profile(format!(
-                "key file {shown} appeared while it was being written; run the command again"
-            ))
-        } else {
-            fail("create", e.error)
-        }
-    })?;
+    match replace {
+        Replace::Yes => temp
+            .persist(path)
+            .map(drop)
+            .map_err(|e| fail("replace", e.error))?,
+        Replace::No => temp.persist_noclobber(path).map(drop).map_err(|e| {
+            if e.error.kind() == io::ErrorKind::AlreadyExists {
+                ClientError::Profile(format!(
+                    "{noun} {shown} appeared while it was being written; run the command again"
+                ))
+            } else {
+                fail("create", e.error)
+            }
+        })?,
+    }
     #[cfg(unix)]
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();

@@ -10,13 +10,16 @@
 //!    ([`RestorePlan::with_password`], which may spend an attempt);
 //! 3. [`KeyedRestore::run`] decrypts and verifies; after a password restore
 //!    that verified, a device with no key keeps the vault's
-//!    ([`crate::custody`]'s rule) and says what it did in [`Restored`].
+//!    ([`crate::custody`]'s rule), the escrow it came from is the one this
+//!    device accepts ([`crate::escrow`]: the person knows its password),
+//!    and [`Restored`] says what it did.
 //!
 //! Decrypting, verifying and writing the output only once it verified are
 //! [`crate::backup`]'s business.
 
 use std::path::Path;
 
+use protocol_spec::messages::vault::Escrow;
 use protocol_spec::password::Password;
 use protocol_spec::root_key::RootKey;
 
@@ -24,8 +27,9 @@ use crate::backup::{
     restore_from, BackupIoError, BackupStats, Location, Progress, RestoreOptions, RestoreOutput,
 };
 use crate::custody::{keep_vault_key, VaultKeyKept};
-use crate::device::{Device, LastAttemptConsent};
+use crate::device::{Device, LastAttemptConsent, Released};
 use crate::error::ClientError;
+use crate::escrow::{self, Accepted};
 use crate::profile::Profile;
 
 /// A restore whose source and output passed the early checks; it has no
@@ -88,7 +92,7 @@ impl RestorePlan {
         KeyedRestore {
             plan: self,
             key,
-            vault_profile: None,
+            vault: None,
         }
     }
 
@@ -101,11 +105,14 @@ impl RestorePlan {
         password: &Password,
         consent: &dyn LastAttemptConsent,
     ) -> Result<KeyedRestore, ClientError> {
-        let key = device.recover_key(password, consent).await?;
+        let Released { key, escrow } = device.recover_key(password, consent).await?;
         Ok(KeyedRestore {
             plan: self,
             key,
-            vault_profile: Some(device.profile().clone()),
+            vault: Some(FromVault {
+                profile: device.profile().clone(),
+                escrow,
+            }),
         })
     }
 }
@@ -131,9 +138,17 @@ fn check_output(path: &Path, overwrite: bool) -> Result<(), ClientError> {
 pub struct KeyedRestore {
     plan: RestorePlan,
     key: RootKey,
-    /// Set when the key came from the vault: the profile whose device may
-    /// keep it.
-    vault_profile: Option<Profile>,
+    /// Set when the key came from the vault.
+    vault: Option<FromVault>,
+}
+
+/// Where a key the vault released came from.
+#[derive(Debug)]
+struct FromVault {
+    /// The profile whose device may keep the key.
+    profile: Profile,
+    /// The escrow that released it.
+    escrow: Option<Escrow>,
 }
 
 /// What a finished restore did.
@@ -144,11 +159,15 @@ pub struct Restored {
     /// After a password restore: what this device did with the vault's
     /// key. `None` when the key did not come from the vault.
     pub vault_key: Option<VaultKeyKept>,
+    /// After a password restore: whether the escrow it came from is now
+    /// the one this device remembers as accepted.
+    pub escrow: Option<Accepted>,
 }
 
 impl KeyedRestore {
     /// Decrypts and verifies the backup into the output, using every core.
-    /// Only a restore that verified lets the device keep the vault's key.
+    /// Only a restore that verified lets the device keep the vault's key
+    /// and accept the escrow it came from.
     pub fn run(self, progress: &dyn Progress) -> Result<Restored, ClientError> {
         let opts = RestoreOptions {
             threads: 0,
@@ -161,11 +180,18 @@ impl KeyedRestore {
             &opts,
             progress,
         )?;
-        let vault_key = self
-            .vault_profile
-            .as_ref()
-            .map(|profile| keep_vault_key(profile, &self.key));
-        Ok(Restored { stats, vault_key })
+        let (vault_key, escrow) = match &self.vault {
+            None => (None, None),
+            Some(v) => (
+                Some(keep_vault_key(&v.profile, &self.key)),
+                Some(escrow::accept(&v.profile, v.escrow)),
+            ),
+        };
+        Ok(Restored {
+            stats,
+            vault_key,
+            escrow,
+        })
     }
 }
 
@@ -185,6 +211,14 @@ mod tests {
 
     fn key(byte: u8) -> RootKey {
         RootKey::from_entropy([byte; 30])
+    }
+
+    fn escrow() -> Escrow {
+        Escrow {
+            epoch: protocol_spec::messages::vault::EscrowEpoch::of_registration(&[6; 32]),
+            registered_at_unix_secs: 1_796_133_780,
+            kind: Some(protocol_spec::messages::vault::RegistrationMode::Replace),
+        }
     }
 
     #[test]
@@ -261,7 +295,10 @@ mod tests {
         let keyed = KeyedRestore {
             plan,
             key: vault_key.clone(),
-            vault_profile: Some(profile.clone()),
+            vault: Some(FromVault {
+                profile: profile.clone(),
+                escrow: Some(escrow()),
+            }),
         };
         let restored = keyed.run(&NoProgress).unwrap();
         assert_eq!(fs::read(&out).unwrap(), b"chats");
@@ -271,6 +308,12 @@ mod tests {
             "{restored:?}"
         );
         assert_eq!(profile.require_backup_key().unwrap(), vault_key);
+        // The person knows the escrow's password: this device accepts it.
+        assert!(
+            matches!(restored.escrow, Some(Accepted::Remembered(e)) if e == escrow()),
+            "{restored:?}"
+        );
+        assert_eq!(profile.remembered_escrow().unwrap(), Some(escrow()));
     }
 
     #[test]
@@ -290,7 +333,10 @@ mod tests {
         let keyed = KeyedRestore {
             plan,
             key: key(3),
-            vault_profile: Some(profile.clone()),
+            vault: Some(FromVault {
+                profile: profile.clone(),
+                escrow: Some(escrow()),
+            }),
         };
         let e = keyed.run(&NoProgress).unwrap_err();
         assert!(
@@ -299,6 +345,8 @@ mod tests {
         );
         assert!(!out.exists());
         assert!(profile.cached_backup_key().unwrap().is_none());
+        // Nor does it accept the escrow: its key did not open this backup.
+        assert_eq!(profile.remembered_escrow().unwrap(), None);
     }
 
     #[test]
@@ -320,6 +368,8 @@ mod tests {
         .unwrap();
         assert_eq!(fs::read(&out).unwrap(), b"chats");
         assert!(restored.vault_key.is_none());
+        assert!(restored.escrow.is_none());
         assert!(profile.cached_backup_key().unwrap().is_none());
+        assert_eq!(profile.remembered_escrow().unwrap(), None);
     }
 }

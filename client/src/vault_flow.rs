@@ -16,7 +16,9 @@ use opaque_ke::{
 use protocol_spec::codes::VaultErrorCode;
 use protocol_spec::ids::{AccountId, FleetId};
 use protocol_spec::keywrap;
-use protocol_spec::messages::vault::{RegistrationMode, StatusReport, VaultRequest, VaultResponse};
+use protocol_spec::messages::vault::{
+    Escrow, RegistrationMode, StatusReport, VaultRequest, VaultResponse,
+};
 use protocol_spec::opaque::{self, Suite};
 use protocol_spec::password::Password;
 use protocol_spec::root_key::RootKey;
@@ -148,10 +150,36 @@ impl PasswordRegistration {
     }
 }
 
-/// Reads the answer to `RegisterFinish`.
-pub fn registered(response: &VaultResponse) -> Result<u32, FlowError> {
+/// What the vault said about a registration it committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewRegistration {
+    /// Wrong passwords in a row that erase the escrow.
+    pub max_attempts: u32,
+    /// The new escrow (SPEC.md 8.7); `None` from a vault that does not
+    /// describe it.
+    pub escrow: Option<Escrow>,
+}
+
+/// Reads the answer to the `RegisterFinish` of a registration in `mode`.
+/// A vault that names another mode than the one asked for is refused.
+pub fn registered(
+    response: &VaultResponse,
+    mode: RegistrationMode,
+) -> Result<NewRegistration, FlowError> {
     match response {
-        VaultResponse::Registered { max_attempts } => Ok(*max_attempts),
+        VaultResponse::Registered {
+            escrow: Some(Escrow { kind, .. }),
+            ..
+        } if *kind != Some(mode) => Err(FlowError::Unexpected(
+            "a registration of another mode than the one asked for",
+        )),
+        VaultResponse::Registered {
+            max_attempts,
+            escrow,
+        } => Ok(NewRegistration {
+            max_attempts: *max_attempts,
+            escrow: *escrow,
+        }),
         other => Err(unexpected(other)),
     }
 }

@@ -734,6 +734,216 @@ fn change_password_keeps_the_key_and_disable_removes_it() {
     .fails(5, "not enabled");
 }
 
+// --------------------------------------------------------- escrow epoch
+
+/// The vault's clock, read as `backupctl` words it, just before and just
+/// after `f` runs: a registration made during `f` carries one of the two
+/// (unless `f` spans more than a minute boundary, which it does not).
+fn minutes_around(f: impl FnOnce()) -> [String; 2] {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let before = now();
+    f();
+    let after = now();
+    [before, after].map(backup_client::escrow::utc)
+}
+
+fn says_one_of(text: &str, times: &[String; 2]) -> bool {
+    times.iter().any(|t| text.contains(t.as_str()))
+}
+
+/// Device A registers; device B, another enrolled device of the account,
+/// resets the forgotten password. A's `status` says the escrow was
+/// replaced, when, and that it was not A (exit 11), and keeps saying so;
+/// B's does not. A device that never saw an epoch starts tracking quietly.
+#[test]
+fn status_reports_a_replacement_made_on_another_device_and_when() {
+    let s = stack(5);
+    let a = Device::for_stack(&s, "alice");
+    a.enroll(&s);
+    a.enable_password(PASSWORD);
+    let st = a.run(&["status"]);
+    assert!(
+        st.ok()
+            .stdout
+            .contains("(password backups enabled); the escrow this device last saw"),
+        "{st:#?}"
+    );
+    assert!(a.path("profile.escrow-epoch").exists());
+    let src = a.path("data");
+    let data = random_file(&src, 50_000, 31);
+    let backup = a.path("a.backup");
+    a.backup(&src, &backup, &[]).ok();
+
+    // B never saw an epoch: it starts tracking, no alarm.
+    let b = Device::for_stack(&s, "alice");
+    b.enroll(&s);
+    let st = b.run(&["status"]);
+    assert!(st.ok().stdout.contains("now tracks this one"), "{st:#?}");
+    assert!(!st.stderr.contains("replaced"), "{st:#?}");
+
+    // B: forgotten password. B caches no key, so a new one is escrowed.
+    let replaced_at = minutes_around(|| {
+        b.run_with(
+            &["enable", "--password-stdin", "--replace"],
+            Some("b's brand new password\n"),
+        )
+        .ok();
+    });
+
+    for _ in 0..2 {
+        // A is told, every time, until it accepts or replaces the escrow.
+        let st = a.run(&["status"]);
+        st.fails(11, "escrow replaced");
+        let error = st
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap();
+        assert!(says_one_of(error, &replaced_at), "the time: {st:#?}");
+        assert!(
+            error.contains("by another device (a forgotten-password reset)"),
+            "{st:#?}"
+        );
+        assert!(error.contains("its password no longer works"), "{st:#?}");
+        assert!(
+            error.contains("backupctl enable --password --replace"),
+            "{st:#?}"
+        );
+        assert!(
+            st.stdout.contains("NOT the escrow this device last saw"),
+            "{st:#?}"
+        );
+        assert!(
+            st.stdout.contains("registered: 5 of 5"),
+            "the rest of status is still there: {st:#?}"
+        );
+    }
+    // B made it: nothing to report there.
+    let st = b.run(&["status"]);
+    assert!(
+        st.ok()
+            .stdout
+            .contains("(forgotten-password reset); the escrow this device last saw"),
+        "{st:#?}"
+    );
+    assert!(says_one_of(&st.stdout, &replaced_at), "{st:#?}");
+
+    // A's old password is gone, and B's escrow does not hold A's key: a
+    // password restore of A's backup fails, and accepts nothing.
+    let out = a.path("out");
+    a.restore_password(&backup, &out, PASSWORD)
+        .fails(3, "wrong password");
+    a.restore_password(&backup, &out, "b's brand new password")
+        .fails(7, "");
+    a.run(&["status"]).fails(11, "escrow replaced");
+
+    // A escrows its own key again: now B is the one told.
+    let again_at = minutes_around(|| {
+        a.run_with(
+            &["enable", "--password-stdin", "--replace"],
+            Some("a takes it back\n"),
+        )
+        .ok();
+    });
+    a.run(&["status"]).ok();
+    let st = b.run(&["status"]);
+    st.fails(11, "escrow replaced");
+    assert!(says_one_of(&st.stderr, &again_at), "{st:#?}");
+    a.restore_password(&backup, &out, "a takes it back").ok();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+
+    // Older state (no remembered epoch): tracked quietly again.
+    std::fs::remove_file(b.path("profile.escrow-epoch")).unwrap();
+    let st = b.run(&["status"]);
+    assert!(st.ok().stdout.contains("now tracks this one"), "{st:#?}");
+}
+
+/// A password changed on another device is reported as such on this one
+/// (it keeps the key); a password restore with the new password accepts
+/// it; and the device that disabled backups does not report its own
+/// deletion, while the other says the escrow it knew is gone.
+#[test]
+fn status_reports_a_password_changed_on_another_device_until_a_restore_accepts_it() {
+    let s = stack(5);
+    let a = Device::for_stack(&s, "alice");
+    a.enroll(&s);
+    a.enable_password(PASSWORD);
+    let src = a.path("data");
+    let data = random_file(&src, 50_000, 32);
+    let backup = a.path("a.backup");
+    a.backup(&src, &backup, &[]).ok();
+
+    // B restores with the password (so it caches K and accepts the
+    // escrow), then changes the password.
+    let b = Device::for_stack(&s, "alice");
+    b.enroll(&s);
+    b.restore_password(&backup, &b.path("restored"), PASSWORD)
+        .ok();
+    let changed_at = minutes_around(|| {
+        b.run_with(
+            &["change-password", "--password-stdin"],
+            Some(&format!("{PASSWORD}\nchanged on b 123\n")),
+        )
+        .ok();
+    });
+    let st = b.run(&["status"]);
+    assert!(
+        st.ok()
+            .stdout
+            .contains("(password change); the escrow this device last saw"),
+        "{st:#?}"
+    );
+
+    // A is told, and keeps being told: status alone accepts nothing.
+    for _ in 0..2 {
+        let st = a.run(&["status"]);
+        st.fails(11, "password changed");
+        assert!(says_one_of(&st.stderr, &changed_at), "{st:#?}");
+        assert!(st.stderr.contains("by another device"), "{st:#?}");
+        assert!(
+            st.stderr.contains("a password change keeps the backup key"),
+            "{st:#?}"
+        );
+        assert!(!st.stderr.contains("forgotten-password"), "{st:#?}");
+    }
+
+    // The person knows the new password: a restore with it accepts the
+    // escrow on A too.
+    let out = a.path("out");
+    a.restore_password(&backup, &out, "changed on b 123").ok();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let st = a.run(&["status"]);
+    assert!(
+        st.ok()
+            .stdout
+            .contains("(password change); the escrow this device last saw"),
+        "{st:#?}"
+    );
+
+    // A disables: it forgets the escrow it deleted; B notes it is gone.
+    a.run_with(
+        &["disable", "--password-stdin", "--yes"],
+        Some("changed on b 123\n"),
+    )
+    .ok();
+    assert!(!a.path("profile.escrow-epoch").exists());
+    let st = a.run(&["status"]);
+    assert!(st.ok().stdout.contains("vault        none"), "{st:#?}");
+    assert!(!st.stdout.contains("escrow "), "{st:#?}");
+    let st = b.run(&["status"]);
+    assert!(
+        st.ok()
+            .stdout
+            .contains("escrow       none; the one this device last saw"),
+        "{st:#?}"
+    );
+}
+
 /// A TCP proxy in front of chatd that, when armed, holds back the fourth
 /// binary WebSocket message a client sends (after the Noise handshake,
 /// `TunnelOpen` and the `Status` every login asks first: the `LoginStart`
@@ -869,8 +1079,18 @@ fn network_drop_mid_login_and_chatd_down_are_retryable_and_change_nothing() {
     // cache anything.
     let b = via_proxy("alice");
     b.enroll(&s);
+    // The first status starts tracking the escrow epoch; the second is
+    // what an unchanged vault shows from then on.
+    assert!(b
+        .run(&["status"])
+        .ok()
+        .stdout
+        .contains("now tracks this one"));
     let status_before = b.run(&["status"]);
     assert!(status_before.ok().stdout.contains("registered: 5 of 5"));
+    assert!(status_before
+        .stdout
+        .contains("the escrow this device last saw"));
 
     // chatd dies while the restore is logging in.
     proxy.armed.store(true, Ordering::SeqCst);

@@ -165,7 +165,7 @@ async fn register(c: &mut Client, led: &mut Ledger, k: RootKey, mode: Registrati
         return;
     };
     match c.request(&mut t, &finish).await {
-        Ok(r) if vault_flow::registered(&r).is_ok() => {
+        Ok(r) if vault_flow::registered(&r, mode).is_ok() => {
             led.keys = vec![k];
             led.acknowledged = true;
             led.locked = false;

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
-//! Golden vectors for the vault's durable and internal formats: a sealed
+//! Golden vectors for the vault's durable and internal formats: record
+//! bodies (format 2, and a format 1 body that must still be read), a sealed
 //! record body, a stored record, a command, a Raft log entry, the node key
 //! table's log commands, `fleet.sealed`, a sealed node key, and the
 //! replica-to-replica handshake payloads and node key proofs. Any change
@@ -29,6 +30,7 @@ use hsm_vault::state::Command;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use protocol_spec::ids::{AccountId, FleetId};
 use protocol_spec::keywrap::WRAPPED_KEY_LEN;
+use protocol_spec::messages::vault::RegistrationMode;
 use protocol_spec::opaque::sizes;
 
 const FILE: &str = "durable.txt";
@@ -44,9 +46,35 @@ fn registered() -> RecordBody {
     RecordBody::Registered(Registration {
         attempts_used: 3,
         registration_nonce: [0x09; 32],
+        registered_at_unix_secs: 1_796_133_780,
+        kind: Some(RegistrationMode::Replace),
         opaque_record: vec![0x05; sizes::REGISTRATION_UPLOAD],
         wrapped_key,
     })
+}
+
+/// [`registered`] as a build before the escrow epoch wrote it (body
+/// format 1: no time, no kind), laid out by hand: no encoder writes it
+/// any more, and every replica must still read it.
+fn registered_format_1() -> Vec<u8> {
+    let mut b = vec![0x01, 0x01];
+    b.extend_from_slice(&3u32.to_be_bytes());
+    b.extend_from_slice(&[0x09; 32]);
+    b.extend_from_slice(&[0x05; sizes::REGISTRATION_UPLOAD]);
+    b.push(0x01);
+    b.extend_from_slice(&[0x77; WRAPPED_KEY_LEN - 1]);
+    b
+}
+
+/// What [`registered_format_1`] reads as: the same registration, its time
+/// and kind unknown.
+fn registered_format_1_decoded() -> RecordBody {
+    let RecordBody::Registered(mut r) = registered() else {
+        unreachable!()
+    };
+    r.registered_at_unix_secs = 0;
+    r.kind = None;
+    RecordBody::Registered(r)
 }
 
 fn stored() -> StoredRecord {
@@ -146,6 +174,10 @@ fn durable_and_internal_formats_match_their_golden_bytes() {
             registered().encode().to_vec(),
         ),
         (
+            "record_body_registered_format_1".into(),
+            registered_format_1(),
+        ),
+        (
             "record_body_locked".into(),
             RecordBody::Locked {
                 locked_at_unix_secs: 1_700_000_000,
@@ -188,12 +220,13 @@ fn durable_and_internal_formats_match_their_golden_bytes() {
     vectors::check(
         FILE,
         "The vault's durable and internal formats, from fixed inputs (see\n\
-         hsm-vault/tests/durable_vectors.rs): record bodies, a sealed body and its\n\
-         stored record (software sealer, key 0x3c x 32, seeded IV), a compare-and-set\n\
-         command, a Raft log entry (postcard), the node key table's log commands,\n\
-         fleet.sealed (seeded secrets), a sealed node key (seeded), and the peer\n\
-         handshake payloads and node key proofs (postcard; Ed25519 from seed 0x11 x 32\n\
-         over handshake hash 0x22 x 32).",
+         hsm-vault/tests/durable_vectors.rs): record bodies (format 2, and a format 1\n\
+         body that replicas still read, as registered at time 0, kind unknown), a\n\
+         sealed body and its stored record (software sealer, key 0x3c x 32, seeded\n\
+         IV), a compare-and-set command, a Raft log entry (postcard), the node key\n\
+         table's log commands, fleet.sealed (seeded secrets), a sealed node key\n\
+         (seeded), and the peer handshake payloads and node key proofs (postcard;\n\
+         Ed25519 from seed 0x11 x 32 over handshake hash 0x22 x 32).",
         &actual,
     );
 }
@@ -206,6 +239,16 @@ fn golden_bytes_decode_back() {
     assert_eq!(
         RecordBody::decode(&g["record_body_registered"]).unwrap(),
         registered()
+    );
+    assert_eq!(
+        RecordBody::decode(&g["record_body_registered_format_1"]).unwrap(),
+        registered_format_1_decoded()
+    );
+    assert_eq!(
+        RecordBody::decode(&g["record_body_locked"]).unwrap(),
+        RecordBody::Locked {
+            locked_at_unix_secs: 1_700_000_000
+        }
     );
     assert_eq!(
         RecordBody::decode(&g["record_body_deleted"]).unwrap(),

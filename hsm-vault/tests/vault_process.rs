@@ -605,6 +605,8 @@ fn change_password_replace_and_delete_through_the_binary() {
     let a = account("ivan");
     let k = key(11);
     register(&mut l, &f.fleet, &a, b"old", &k);
+    let created = status(&mut l, &f.fleet, &a).escrow.unwrap();
+    assert_eq!(created.kind, Some(RegistrationMode::Create));
     let mut t = tunnel(&mut l, &f.fleet, &a);
     let got = login_in(&mut l, &mut t, &f.fleet, b"old").unwrap();
     let (_, r) = register_in(
@@ -615,8 +617,14 @@ fn change_password_replace_and_delete_through_the_binary() {
         &got,
         RegistrationMode::ChangePassword,
     );
-    r.unwrap();
+    // Every registration is a new escrow epoch, with its kind, and Status
+    // names the one Registered did (SPEC 8.7).
+    let changed = r.unwrap().escrow.unwrap();
+    assert_eq!(changed.kind, Some(RegistrationMode::ChangePassword));
+    assert_ne!(changed.epoch, created.epoch);
+    assert!(changed.registered_at_unix_secs >= created.registered_at_unix_secs);
     assert_eq!(login(&mut l, &f.fleet, &a, b"new").unwrap(), k);
+    assert_eq!(status(&mut l, &f.fleet, &a).escrow, Some(changed));
     // Forgotten password.
     let mut t = tunnel(&mut l, &f.fleet, &a);
     let (_, r) = register_in(
@@ -627,7 +635,10 @@ fn change_password_replace_and_delete_through_the_binary() {
         &key(12),
         RegistrationMode::Replace,
     );
-    r.unwrap();
+    let replaced = r.unwrap().escrow.unwrap();
+    assert_eq!(replaced.kind, Some(RegistrationMode::Replace));
+    assert_ne!(replaced.epoch, changed.epoch);
+    assert_eq!(status(&mut l, &f.fleet, &a).escrow, Some(replaced));
     assert!(matches!(
         login(&mut l, &f.fleet, &a, b"new"),
         Err(FlowError::WrongPassword { .. })

@@ -336,7 +336,7 @@ fn register(link: &mut LinkClient, fleet: &FleetInfo, account: &AccountId) -> an
         &RootKey::from_entropy([7; 30]),
     )?;
     let r = link.request(&mut t, &finish)?;
-    vault_flow::registered(&r)?;
+    vault_flow::registered(&r, RegistrationMode::Create)?;
     link.close_tunnel(t)?;
     Ok(())
 }

@@ -59,15 +59,43 @@ fn a_new_key_is_cached_before_it_is_escrowed() {
     assert_eq!(candidate.origin, KeyOrigin::New);
     // On disk before the registration goes out.
     assert_eq!(profile.require_backup_key().unwrap(), candidate.key);
-    let enabled = candidate.settle(Ok(7)).unwrap();
-    assert_eq!(
-        enabled,
-        PasswordEnabled {
+    let enabled = candidate
+        .settle(Ok(NewRegistration {
             max_attempts: 7,
-            key: KeyOrigin::New
-        }
-    );
+            escrow: None,
+        }))
+        .unwrap();
+    assert_eq!((enabled.max_attempts, enabled.key), (7, KeyOrigin::New));
+    assert!(matches!(enabled.escrow, Accepted::NotReported));
     assert!(profile.cached_backup_key().unwrap().is_some());
+}
+
+#[test]
+fn the_escrow_this_device_registers_is_the_one_it_remembers() {
+    use protocol_spec::messages::vault::{Escrow, EscrowEpoch};
+    let dir = tempfile::tempdir().unwrap();
+    let profile = Profile::for_tests(dir.path());
+    let made = Escrow {
+        epoch: EscrowEpoch::of_registration(&[4; 32]),
+        registered_at_unix_secs: 1_796_133_780,
+        kind: Some(RegistrationMode::Replace),
+    };
+    let enabled = EscrowCandidate::prepare(&profile)
+        .unwrap()
+        .settle(Ok(NewRegistration {
+            max_attempts: 5,
+            escrow: Some(made),
+        }))
+        .unwrap();
+    assert!(matches!(enabled.escrow, Accepted::Remembered(e) if e == made));
+    assert_eq!(profile.remembered_escrow().unwrap(), Some(made));
+    // A refused registration remembers nothing new.
+    let other = tempfile::tempdir().unwrap();
+    let fresh = Profile::for_tests(other.path());
+    let _ = EscrowCandidate::prepare(&fresh)
+        .unwrap()
+        .settle(Err(ClientError::RegistrationUnknown));
+    assert_eq!(fresh.remembered_escrow().unwrap(), None);
 }
 
 #[test]

@@ -94,16 +94,19 @@ impl Vault {
                 state: RecordState::None,
                 attempts_remaining: 0,
                 max_attempts: max,
+                escrow: None,
             },
             RecordBody::Locked { .. } => StatusReport {
                 state: RecordState::Locked,
                 attempts_remaining: 0,
                 max_attempts: max,
+                escrow: None,
             },
             RecordBody::Registered(r) => StatusReport {
                 state: RecordState::Registered,
                 attempts_remaining: max.saturating_sub(r.attempts_used),
                 max_attempts: max,
+                escrow: Some(r.escrow()),
             },
         }
     }

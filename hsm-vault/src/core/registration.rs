@@ -97,12 +97,18 @@ impl Vault {
         let opaque_record = ServerRegistration::<Suite>::finish(upload)
             .serialize()
             .to_vec();
-        let fresh = RecordBody::Registered(Registration {
+        // Every registration is a new escrow epoch (its nonce is new), made
+        // now and in this mode (SPEC 8.7); a password change is one too.
+        let registration = Registration {
             attempts_used: 0,
             registration_nonce: nonce,
+            registered_at_unix_secs: now.unix_secs,
+            kind: Some(mode),
             opaque_record,
             wrapped_key: *wrapped_key.as_bytes(),
-        });
+        };
+        let escrow = registration.escrow();
+        let fresh = RecordBody::Registered(registration);
         let _guard = self.lock(&account);
         self.answer_with_retries(|_| {
             let Some(cur) = self.load_settled(now, &account)? else {
@@ -125,15 +131,12 @@ impl Vault {
                 return Ok(Pass::Again);
             }
             session.state = SessionState::Idle;
-            let mode_label = match mode {
-                RegistrationMode::Create => "create",
-                RegistrationMode::Replace => "replace",
-                RegistrationMode::ChangePassword => "change_password",
-            };
+            let mode_label = mode.label();
             metrics::counter!("vault_registrations_total", "mode" => mode_label).increment(1);
-            tracing::info!(%account, mode = mode_label, "registration committed");
+            tracing::info!(%account, mode = mode_label, epoch = %escrow.epoch, "registration committed");
             Ok(Pass::Done(VaultResponse::Registered {
                 max_attempts: self.params.max_attempts,
+                escrow: Some(escrow),
             }))
         })
     }

@@ -15,7 +15,7 @@ use protocol_spec::codes::VaultErrorCode;
 use protocol_spec::ids::{AccountId, FleetId};
 use protocol_spec::keywrap;
 use protocol_spec::messages::vault::{
-    RecordState, RegistrationMode, StatusReport, VaultRequest, VaultResponse,
+    Escrow, RecordState, RegistrationMode, StatusReport, VaultRequest, VaultResponse,
 };
 use protocol_spec::opaque::{self, Suite};
 use protocol_spec::root_key::RootKey;
@@ -248,10 +248,13 @@ fn register_login_releases_the_escrowed_key() {
     let a = account("alice");
     let k = root_key(1);
     assert_eq!(f.status(&a).state, RecordState::None);
-    assert_eq!(
+    assert!(matches!(
         f.register(&a, b"correct horse", &k, RegistrationMode::Create),
-        VaultResponse::Registered { max_attempts: MAX }
-    );
+        VaultResponse::Registered {
+            max_attempts: MAX,
+            escrow: Some(_)
+        }
+    ));
     let st = f.status(&a);
     assert_eq!(
         (st.state, st.attempts_remaining),
@@ -534,10 +537,13 @@ fn change_password_keeps_k_and_needs_a_login_in_the_same_tunnel() {
     let (r, got) = f.login_in(&mut s, b"old");
     assert!(matches!(r, VaultResponse::LoginSucceeded { .. }));
     let got = got.unwrap();
-    assert_eq!(
+    assert!(matches!(
         f.register_in(&mut s, b"new", &got, RegistrationMode::ChangePassword),
-        VaultResponse::Registered { max_attempts: MAX }
-    );
+        VaultResponse::Registered {
+            max_attempts: MAX,
+            escrow: Some(_)
+        }
+    ));
     assert_eq!(f.login(&a, b"new").1.unwrap(), k);
     assert!(matches!(
         f.login(&a, b"old").0,
@@ -555,10 +561,13 @@ fn replace_create_and_delete() {
         VaultResponse::AlreadyRegistered
     );
     // Forgotten password: replace without logging in.
-    assert_eq!(
+    assert!(matches!(
         f.register(&a, b"two", &root_key(14), RegistrationMode::Replace),
-        VaultResponse::Registered { max_attempts: MAX }
-    );
+        VaultResponse::Registered {
+            max_attempts: MAX,
+            escrow: Some(_)
+        }
+    ));
     assert!(matches!(
         f.login(&a, b"one").0,
         VaultResponse::LoginFailed { .. }
@@ -588,6 +597,119 @@ fn replace_create_and_delete() {
         VaultResponse::Registered { .. }
     ));
     assert_eq!(f.login(&a, b"four").1.unwrap(), root_key(16));
+}
+
+/// The escrow a `Registered` names (panics on anything else).
+fn registered_escrow(r: VaultResponse) -> Escrow {
+    match r {
+        VaultResponse::Registered {
+            escrow: Some(e), ..
+        } => e,
+        other => panic!("expected Registered with an escrow, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_registration_is_a_new_escrow_epoch_with_its_time_and_kind() {
+    let mut f = fixture();
+    let a = account("epoch");
+    assert_eq!(f.status(&a).escrow, None, "none: no escrow");
+    let created = registered_escrow(f.register(&a, b"one", &root_key(1), RegistrationMode::Create));
+    assert_eq!(created.kind, Some(RegistrationMode::Create));
+    assert_eq!(created.registered_at_unix_secs, f.now.unix_secs);
+    assert_eq!(
+        f.status(&a).escrow,
+        Some(created),
+        "Status names what Registered did"
+    );
+
+    // Logins, failed or not, and their resets keep the epoch.
+    f.now = f.now.after(Duration::from_secs(3600));
+    f.login(&a, b"wrong");
+    assert_eq!(f.login(&a, b"one").1.unwrap(), root_key(1));
+    assert_eq!(f.status(&a).escrow, Some(created));
+
+    // A password change keeps K but is a new epoch, made now.
+    let mut s = VaultSession::new(a.clone());
+    f.login_in(&mut s, b"one");
+    let changed = registered_escrow(f.register_in(
+        &mut s,
+        b"two",
+        &root_key(1),
+        RegistrationMode::ChangePassword,
+    ));
+    assert_ne!(changed.epoch, created.epoch);
+    assert_eq!(changed.kind, Some(RegistrationMode::ChangePassword));
+    assert_eq!(changed.registered_at_unix_secs, f.now.unix_secs);
+    assert_eq!(f.status(&a).escrow, Some(changed));
+
+    // A forgotten-password replacement from anywhere: a new epoch again.
+    f.now = f.now.after(Duration::from_secs(60));
+    let replaced =
+        registered_escrow(f.register(&a, b"three", &root_key(2), RegistrationMode::Replace));
+    assert_ne!(replaced.epoch, changed.epoch);
+    assert_ne!(replaced.epoch, created.epoch);
+    assert_eq!(replaced.kind, Some(RegistrationMode::Replace));
+    assert_eq!(replaced.registered_at_unix_secs, f.now.unix_secs);
+    assert_eq!(f.status(&a).escrow, Some(replaced));
+
+    // Locked: no escrow to name; created again afterwards: a new one.
+    for _ in 0..MAX {
+        f.login(&a, b"x");
+    }
+    let st = f.status(&a);
+    assert_eq!((st.state, st.escrow), (RecordState::Locked, None));
+    let again = registered_escrow(f.register(&a, b"four", &root_key(3), RegistrationMode::Create));
+    assert_eq!(again.kind, Some(RegistrationMode::Create));
+    for seen in [created, changed, replaced] {
+        assert_ne!(again.epoch, seen.epoch);
+    }
+    assert_eq!(f.status(&a).escrow, Some(again));
+}
+
+#[test]
+fn a_record_written_before_the_epoch_reports_one_with_unknown_time_and_kind() {
+    let f = fixture();
+    let a = account("older");
+    let made = registered_escrow(f.register(&a, b"pw", &root_key(5), RegistrationMode::Create));
+    // Rewrite the stored record as the previous build did: a format 1
+    // body (no time, no kind) sealed at the same version.
+    let sealer = SoftSealer::new([7; 32]);
+    let stored = f.raw_record(&a).unwrap();
+    let RecordBody::Registered(reg) = record::unseal(&sealer, &a, &stored).unwrap() else {
+        panic!("registered")
+    };
+    let mut old = vec![1, 1];
+    old.extend_from_slice(&reg.attempts_used.to_be_bytes());
+    old.extend_from_slice(&reg.registration_nonce);
+    old.extend_from_slice(&reg.opaque_record);
+    old.extend_from_slice(&reg.wrapped_key);
+    let sealed = crate::seal::Sealer::seal(
+        &sealer,
+        &record::record_aad(&a, stored.version),
+        [0x5a; crate::seal::SEAL_IV_LEN],
+        &old,
+    )
+    .unwrap();
+    f.log.raw().insert(
+        a.clone(),
+        record::StoredRecord {
+            version: stored.version,
+            sealed,
+        },
+    );
+    let unknown = Escrow {
+        registered_at_unix_secs: 0,
+        kind: None,
+        ..made
+    };
+    assert_eq!(f.status(&a).escrow, Some(unknown), "same epoch: same nonce");
+    // It still logs in, and the write that resets the count keeps the
+    // epoch and the unknowns.
+    assert_eq!(f.login(&a, b"pw").1.unwrap(), root_key(5));
+    assert_eq!(f.status(&a).escrow, Some(unknown));
+    let rewritten = f.raw_record(&a).unwrap();
+    assert!(rewritten.version > stored.version);
 }
 
 #[test]

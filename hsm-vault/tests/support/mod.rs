@@ -2,7 +2,9 @@
 //! link the way a client behind chatd would.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use backup_client::vault_flow::{self, FlowError, PasswordLogin, PasswordRegistration};
+use backup_client::vault_flow::{
+    self, FlowError, NewRegistration, PasswordLogin, PasswordRegistration,
+};
 use protocol_spec::ids::AccountId;
 use protocol_spec::messages::vault::{RegistrationMode, StatusReport, VaultRequest, VaultResponse};
 use protocol_spec::root_key::RootKey;
@@ -39,7 +41,7 @@ pub fn register_in(
     password: &[u8],
     k: &RootKey,
     mode: RegistrationMode,
-) -> (Option<VaultRequest>, Result<u32, FlowError>) {
+) -> (Option<VaultRequest>, Result<NewRegistration, FlowError>) {
     let (flow, start) = PasswordRegistration::start(&prepared(password), mode).unwrap();
     let r = l.request(t, &start).expect("register start answered");
     let finish = match flow.finish(&r, &t.account, &fleet.fleet_id, k) {
@@ -47,7 +49,7 @@ pub fn register_in(
         Err(e) => return (None, Err(e)),
     };
     let r = l.request(t, &finish).expect("register finish answered");
-    (Some(finish), vault_flow::registered(&r))
+    (Some(finish), vault_flow::registered(&r, mode))
 }
 
 pub fn register(

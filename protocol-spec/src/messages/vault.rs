@@ -2,13 +2,15 @@
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
+
 use super::{missing, wire_message};
 use crate::codes::VaultErrorCode;
 use crate::frame::check_exact;
 use crate::ids::FleetId;
 use crate::keywrap::WrappedKey;
 use crate::limits::{MAX_HANDSHAKE_PAYLOAD, MAX_VAULT_FRAME};
-use crate::opaque::sizes;
+use crate::opaque::{sizes, REGISTRATION_NONCE_LEN};
 use crate::pb;
 use crate::Error;
 
@@ -69,6 +71,26 @@ pub enum RegistrationMode {
 }
 
 impl RegistrationMode {
+    /// Stable label for logs, metrics and files.
+    pub fn label(self) -> &'static str {
+        match self {
+            RegistrationMode::Create => "create",
+            RegistrationMode::Replace => "replace",
+            RegistrationMode::ChangePassword => "change_password",
+        }
+    }
+
+    /// The mode a [`RegistrationMode::label`] names.
+    pub fn from_label(label: &str) -> Option<Self> {
+        [
+            RegistrationMode::Create,
+            RegistrationMode::Replace,
+            RegistrationMode::ChangePassword,
+        ]
+        .into_iter()
+        .find(|m| m.label() == label)
+    }
+
     fn to_pb(self) -> pb::RegistrationMode {
         match self {
             RegistrationMode::Create => pb::RegistrationMode::Create,
@@ -242,6 +264,129 @@ impl RecordState {
     }
 }
 
+/// Length of an [`EscrowEpoch`].
+pub const ESCROW_EPOCH_LEN: usize = 16;
+
+/// Names one registration of an account's escrow (SPEC.md 8.7): every
+/// registration (create, replace, password change) has a new one. Derived
+/// one way from the registration nonce the vault drew, which it never
+/// reveals: `SHA-256("E2EBK escrow epoch v1" || nonce)[0..16]`. Not a
+/// secret; printed as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EscrowEpoch([u8; ESCROW_EPOCH_LEN]);
+
+impl EscrowEpoch {
+    /// The epoch of the registration whose nonce is `nonce`.
+    pub fn of_registration(nonce: &[u8; REGISTRATION_NONCE_LEN]) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"E2EBK escrow epoch v1");
+        h.update(nonce);
+        let digest = h.finalize();
+        let mut out = [0u8; ESCROW_EPOCH_LEN];
+        out.copy_from_slice(&digest[..ESCROW_EPOCH_LEN]);
+        EscrowEpoch(out)
+    }
+
+    pub fn from_bytes(bytes: [u8; ESCROW_EPOCH_LEN]) -> Self {
+        EscrowEpoch(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; ESCROW_EPOCH_LEN] {
+        &self.0
+    }
+
+    /// 32 lower-case hex digits.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses [`EscrowEpoch::to_hex`]'s form (either case).
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut out = [0u8; ESCROW_EPOCH_LEN];
+        hex::decode_to_slice(text, &mut out).ok()?;
+        Some(EscrowEpoch(out))
+    }
+
+    fn from_wire(bytes: &[u8]) -> Result<Self, Error> {
+        bytes
+            .try_into()
+            .map(EscrowEpoch)
+            .map_err(|_| Error::InvalidField {
+                field: "escrow_epoch",
+                reason: "must be 16 bytes",
+            })
+    }
+}
+
+impl fmt::Debug for EscrowEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EscrowEpoch({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for EscrowEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// The live registration of an account, as `Status` and `Registered`
+/// describe it (SPEC.md 8.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Escrow {
+    pub epoch: EscrowEpoch,
+    /// The vault's clock when the registration committed; 0 if unknown (a
+    /// record registered before the vault kept it).
+    pub registered_at_unix_secs: u64,
+    /// How it was made; `None` if unknown (as above).
+    pub kind: Option<RegistrationMode>,
+}
+
+impl Escrow {
+    /// Splits into the three wire fields (all default when `None`).
+    fn to_pb(escrow: Option<&Escrow>) -> (Vec<u8>, u64, i32) {
+        match escrow {
+            None => (Vec::new(), 0, pb::RegistrationMode::Unspecified as i32),
+            Some(e) => (
+                e.epoch.as_bytes().to_vec(),
+                e.registered_at_unix_secs,
+                e.kind
+                    .map_or(pb::RegistrationMode::Unspecified, RegistrationMode::to_pb)
+                    as i32,
+            ),
+        }
+    }
+
+    /// Reads the three wire fields. An empty epoch means no escrow was
+    /// described (a vault built before SPEC.md 8.7), and then the other two
+    /// must be absent too.
+    fn from_pb(epoch: &[u8], registered_at: u64, kind: i32) -> Result<Option<Escrow>, Error> {
+        if epoch.is_empty() {
+            if registered_at != 0 || kind != pb::RegistrationMode::Unspecified as i32 {
+                return Err(Error::InvalidField {
+                    field: "escrow_epoch",
+                    reason: "registration time or kind without an epoch",
+                });
+            }
+            return Ok(None);
+        }
+        let kind = match kind {
+            k if k == pb::RegistrationMode::Unspecified as i32 => None,
+            k => Some(
+                RegistrationMode::from_pb(k).map_err(|_| Error::InvalidField {
+                    field: "registration_kind",
+                    reason: "unknown registration mode",
+                })?,
+            ),
+        };
+        Ok(Some(Escrow {
+            epoch: EscrowEpoch::from_wire(epoch)?,
+            registered_at_unix_secs: registered_at,
+            kind,
+        }))
+    }
+}
+
 /// Answer to a status request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatusReport {
@@ -249,6 +394,9 @@ pub struct StatusReport {
     /// Login starts still allowed (0 unless `Registered`).
     pub attempts_remaining: u32,
     pub max_attempts: u32,
+    /// The live registration; `None` unless `Registered`, and `None` from
+    /// a vault that does not describe it (SPEC.md 8.7, 11).
+    pub escrow: Option<Escrow>,
 }
 
 /// Responses inside a tunnel. Expected outcomes are variants; `Error` is for
@@ -261,6 +409,9 @@ pub enum VaultResponse {
     },
     Registered {
         max_attempts: u32,
+        /// The new registration; its `kind` is the mode registered with.
+        /// `None` only from a vault that does not describe it (SPEC.md 8.7).
+        escrow: Option<Escrow>,
     },
     LoginStarted {
         credential_response: Vec<u8>,
@@ -300,23 +451,40 @@ impl VaultResponse {
     fn to_pb(&self) -> pb::VaultResponse {
         use pb::vault_response::Response;
         let r = match self {
-            VaultResponse::Status(s) => Response::Status(pb::Status {
-                state: match s.state {
-                    RecordState::None => pb::RecordState::None,
-                    RecordState::Registered => pb::RecordState::Registered,
-                    RecordState::Locked => pb::RecordState::Locked,
-                } as i32,
-                attempts_remaining: s.attempts_remaining,
-                max_attempts: s.max_attempts,
-            }),
+            VaultResponse::Status(s) => {
+                let (escrow_epoch, registered_at_unix_secs, registration_kind) =
+                    Escrow::to_pb(s.escrow.as_ref());
+                Response::Status(pb::Status {
+                    state: match s.state {
+                        RecordState::None => pb::RecordState::None,
+                        RecordState::Registered => pb::RecordState::Registered,
+                        RecordState::Locked => pb::RecordState::Locked,
+                    } as i32,
+                    attempts_remaining: s.attempts_remaining,
+                    max_attempts: s.max_attempts,
+                    escrow_epoch,
+                    registered_at_unix_secs,
+                    registration_kind,
+                })
+            }
             VaultResponse::RegisterStarted {
                 registration_response,
             } => Response::RegisterStarted(pb::RegisterStarted {
                 registration_response: registration_response.clone(),
             }),
-            VaultResponse::Registered { max_attempts } => Response::Registered(pb::Registered {
-                max_attempts: *max_attempts,
-            }),
+            VaultResponse::Registered {
+                max_attempts,
+                escrow,
+            } => {
+                let (escrow_epoch, registered_at_unix_secs, registration_kind) =
+                    Escrow::to_pb(escrow.as_ref());
+                Response::Registered(pb::Registered {
+                    max_attempts: *max_attempts,
+                    escrow_epoch,
+                    registered_at_unix_secs,
+                    registration_kind,
+                })
+            }
             VaultResponse::LoginStarted {
                 credential_response,
                 attempts_remaining,
@@ -367,10 +535,22 @@ impl VaultResponse {
                             reason: "attempt counts out of range",
                         });
                     }
+                    let escrow = Escrow::from_pb(
+                        &s.escrow_epoch,
+                        s.registered_at_unix_secs,
+                        s.registration_kind,
+                    )?;
+                    if escrow.is_some() && state != RecordState::Registered {
+                        return Err(Error::InvalidField {
+                            field: "escrow_epoch",
+                            reason: "only a registered record has one",
+                        });
+                    }
                     VaultResponse::Status(StatusReport {
                         state,
                         attempts_remaining: s.attempts_remaining,
                         max_attempts: s.max_attempts,
+                        escrow,
                     })
                 }
                 Response::RegisterStarted(r) => {
@@ -390,8 +570,21 @@ impl VaultResponse {
                             reason: "must be positive",
                         });
                     }
+                    let escrow = Escrow::from_pb(
+                        &r.escrow_epoch,
+                        r.registered_at_unix_secs,
+                        r.registration_kind,
+                    )?;
+                    // A registration just made knows how it was made.
+                    if matches!(escrow, Some(Escrow { kind: None, .. })) {
+                        return Err(Error::InvalidField {
+                            field: "registration_kind",
+                            reason: "a new registration names its mode",
+                        });
+                    }
                     VaultResponse::Registered {
                         max_attempts: r.max_attempts,
+                        escrow,
                     }
                 }
                 Response::LoginStarted(r) => {
@@ -437,11 +630,177 @@ impl fmt::Debug for VaultResponse {
             VaultResponse::LoginFailed { attempts_remaining } => {
                 write!(f, "LoginFailed(attempts_remaining={attempts_remaining})")
             }
-            VaultResponse::Registered { max_attempts } => {
-                write!(f, "Registered(max_attempts={max_attempts})")
+            VaultResponse::Registered {
+                max_attempts,
+                escrow,
+            } => {
+                write!(f, "Registered(max_attempts={max_attempts}, {escrow:?})")
             }
             VaultResponse::Error(code) => write!(f, "Error({})", code.label()),
             other => f.write_str(other.label()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::frame::{encode_frame, WireMessage};
+
+    const EPOCH_OF_NINES: &str = "c4237f8ec0cfba4497dac54322a406b5";
+
+    fn status_pb(state: pb::RecordState, epoch: Vec<u8>, at: u64, kind: i32) -> Vec<u8> {
+        encode_frame(&pb::VaultResponse {
+            response: Some(pb::vault_response::Response::Status(pb::Status {
+                state: state as i32,
+                attempts_remaining: 0,
+                max_attempts: 10,
+                escrow_epoch: epoch,
+                registered_at_unix_secs: at,
+                registration_kind: kind,
+            })),
+        })
+    }
+
+    fn registered_pb(epoch: Vec<u8>, at: u64, kind: i32) -> Vec<u8> {
+        encode_frame(&pb::VaultResponse {
+            response: Some(pb::vault_response::Response::Registered(pb::Registered {
+                max_attempts: 10,
+                escrow_epoch: epoch,
+                registered_at_unix_secs: at,
+                registration_kind: kind,
+            })),
+        })
+    }
+
+    fn invalid(field: &'static str, r: Result<VaultResponse, Error>) {
+        assert!(
+            matches!(r, Err(Error::InvalidField { field: f, .. }) if f == field),
+            "expected invalid {field}: {r:?}"
+        );
+    }
+
+    #[test]
+    fn the_epoch_is_a_labelled_hash_of_the_nonce_never_the_nonce() {
+        // Computed independently: python3 -c "import hashlib; print(hashlib.sha256(
+        // b'E2EBK escrow epoch v1' + bytes([9] * 32)).hexdigest()[:32])"
+        let e = EscrowEpoch::of_registration(&[9; 32]);
+        assert_eq!(e.to_hex(), EPOCH_OF_NINES);
+        assert_eq!(EscrowEpoch::from_hex(EPOCH_OF_NINES), Some(e));
+        assert_ne!(EscrowEpoch::of_registration(&[8; 32]), e);
+        assert_eq!(EscrowEpoch::from_hex("c423"), None);
+        assert_eq!(format!("{e}"), EPOCH_OF_NINES);
+    }
+
+    #[test]
+    fn status_describes_an_escrow_only_when_registered_and_exactly() {
+        let replace = pb::RegistrationMode::Replace as i32;
+        let epoch = || vec![0xab; ESCROW_EPOCH_LEN];
+        let registered = pb::RecordState::Registered;
+        let ok = VaultResponse::decode(&status_pb(registered, epoch(), 5, replace)).unwrap();
+        let VaultResponse::Status(s) = ok else {
+            panic!("{ok:?}")
+        };
+        assert_eq!(
+            s.escrow,
+            Some(Escrow {
+                epoch: EscrowEpoch::from_bytes([0xab; 16]),
+                registered_at_unix_secs: 5,
+                kind: Some(RegistrationMode::Replace),
+            })
+        );
+        // Time and kind unknown (a record from before the vault kept them).
+        let VaultResponse::Status(s) =
+            VaultResponse::decode(&status_pb(registered, epoch(), 0, 0)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(s.escrow.unwrap().kind, None);
+        // A vault that does not describe it.
+        let VaultResponse::Status(s) =
+            VaultResponse::decode(&status_pb(registered, vec![], 0, 0)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(s.escrow, None);
+
+        for len in [1, 15, 17, 32] {
+            invalid(
+                "escrow_epoch",
+                VaultResponse::decode(&status_pb(registered, vec![1; len], 5, replace)),
+            );
+        }
+        for state in [pb::RecordState::None, pb::RecordState::Locked] {
+            invalid(
+                "escrow_epoch",
+                VaultResponse::decode(&status_pb(state, epoch(), 5, replace)),
+            );
+            invalid(
+                "escrow_epoch",
+                VaultResponse::decode(&status_pb(state, vec![], 5, 0)),
+            );
+        }
+        invalid(
+            "escrow_epoch",
+            VaultResponse::decode(&status_pb(registered, vec![], 0, replace)),
+        );
+        invalid(
+            "escrow_epoch",
+            VaultResponse::decode(&status_pb(registered, vec![], 7, 0)),
+        );
+        invalid(
+            "registration_kind",
+            VaultResponse::decode(&status_pb(registered, epoch(), 5, 4)),
+        );
+    }
+
+    #[test]
+    fn registered_names_its_new_escrow_and_how_it_was_made() {
+        let change = pb::RegistrationMode::ChangePassword as i32;
+        let r = VaultResponse::decode(&registered_pb(vec![7; 16], 9, change)).unwrap();
+        assert_eq!(
+            r,
+            VaultResponse::Registered {
+                max_attempts: 10,
+                escrow: Some(Escrow {
+                    epoch: EscrowEpoch::from_bytes([7; 16]),
+                    registered_at_unix_secs: 9,
+                    kind: Some(RegistrationMode::ChangePassword),
+                }),
+            }
+        );
+        assert!(!format!("{r:?}").is_empty());
+        invalid(
+            "registration_kind",
+            VaultResponse::decode(&registered_pb(vec![7; 16], 9, 0)),
+        );
+        invalid(
+            "escrow_epoch",
+            VaultResponse::decode(&registered_pb(vec![7; 15], 9, change)),
+        );
+        invalid(
+            "escrow_epoch",
+            VaultResponse::decode(&registered_pb(vec![], 9, 0)),
+        );
+        assert_eq!(
+            VaultResponse::decode(&registered_pb(vec![], 0, 0)).unwrap(),
+            VaultResponse::Registered {
+                max_attempts: 10,
+                escrow: None,
+            }
+        );
+    }
+
+    #[test]
+    fn registration_mode_labels_round_trip() {
+        for m in [
+            RegistrationMode::Create,
+            RegistrationMode::Replace,
+            RegistrationMode::ChangePassword,
+        ] {
+            assert_eq!(RegistrationMode::from_label(m.label()), Some(m));
+        }
+        assert_eq!(RegistrationMode::from_label("unknown"), None);
     }
 }

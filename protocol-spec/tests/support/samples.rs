@@ -7,8 +7,8 @@ use protocol_spec::keywrap::WrappedKey;
 use protocol_spec::messages::chatd::{ClientFrame, ClientHello, ServerFrame, ServerHello};
 use protocol_spec::messages::link::{LinkFrame, LinkHello, LinkWelcome, VaultLinkFrame};
 use protocol_spec::messages::vault::{
-    RecordState, RegistrationMode, StatusReport, TunnelHello, VaultHello, VaultRequest,
-    VaultResponse,
+    Escrow, EscrowEpoch, RecordState, RegistrationMode, StatusReport, TunnelHello, VaultHello,
+    VaultRequest, VaultResponse,
 };
 use protocol_spec::messages::WireMessage;
 use protocol_spec::opaque::sizes;
@@ -19,6 +19,16 @@ pub fn account() -> AccountId {
 
 fn bytes(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| seed.wrapping_add(i as u8)).collect()
+}
+
+/// The escrow of a registration whose nonce is 32 × 0x09, made by a
+/// forgotten-password replacement at 2026-12-01 14:03:00 UTC.
+pub fn escrow() -> Escrow {
+    Escrow {
+        epoch: EscrowEpoch::of_registration(&[0x09; 32]),
+        registered_at_unix_secs: 1_796_133_780,
+        kind: Some(RegistrationMode::Replace),
+    }
 }
 
 pub fn wrapped() -> WrappedKey {
@@ -228,6 +238,31 @@ pub fn all() -> Vec<Sample> {
                 state: RecordState::Registered,
                 attempts_remaining: 7,
                 max_attempts: 10,
+                escrow: Some(escrow()),
+            }),
+        ),
+        // A record registered before the vault kept the time and kind.
+        sample(
+            "response_status_escrow_unknown_time",
+            VaultResponse::Status(StatusReport {
+                state: RecordState::Registered,
+                attempts_remaining: 7,
+                max_attempts: 10,
+                escrow: Some(Escrow {
+                    registered_at_unix_secs: 0,
+                    kind: None,
+                    ..escrow()
+                }),
+            }),
+        ),
+        // What a vault built before SPEC 8.7 sends.
+        sample(
+            "response_status_without_escrow",
+            VaultResponse::Status(StatusReport {
+                state: RecordState::Registered,
+                attempts_remaining: 7,
+                max_attempts: 10,
+                escrow: None,
             }),
         ),
         sample(
@@ -236,6 +271,7 @@ pub fn all() -> Vec<Sample> {
                 state: RecordState::Locked,
                 attempts_remaining: 0,
                 max_attempts: 10,
+                escrow: None,
             }),
         ),
         sample(
@@ -246,7 +282,17 @@ pub fn all() -> Vec<Sample> {
         ),
         sample(
             "response_registered",
-            VaultResponse::Registered { max_attempts: 10 },
+            VaultResponse::Registered {
+                max_attempts: 10,
+                escrow: Some(escrow()),
+            },
+        ),
+        sample(
+            "response_registered_without_escrow",
+            VaultResponse::Registered {
+                max_attempts: 10,
+                escrow: None,
+            },
         ),
         sample(
             "response_login_started",

@@ -149,7 +149,8 @@ pub(crate) fn tunnel_phase(
             .request(&mut t, &finish)
             .await
             .map_err(|e| anyhow!("register: {e}"))?;
-        vault_flow::registered(&r).map_err(|e| anyhow!("register: {e}"))?;
+        vault_flow::registered(&r, RegistrationMode::Create)
+            .map_err(|e| anyhow!("register: {e}"))?;
         c.close_tunnel(t)
             .await
             .map_err(|e| anyhow!("close tunnel: {e}"))?;

@@ -69,6 +69,9 @@ WHERE SECRETS COME FROM
                  or by a password restore on a device that has none)
   Anyone who can read backup.key can decrypt your backups: keep it as
   private as the backups' password.
+  One more file next to the profile, named after it, is not a secret:
+    profile.escrow-epoch   the vault escrow this device last saw and
+                           accepted (see `status --help`)
 
 EXIT CODES
   0  success
@@ -88,6 +91,9 @@ EXIT CODES
   10 object storage refused for good: the bucket or the backup object does
      not exist, access was denied, or the storage settings cannot work (an
      http:// endpoint needs AWS_ALLOW_HTTP=true)
+  11 escrow changed (status): the vault holds another escrow than the one
+     this device last saw, from a forgotten-password reset, a password
+     change or password backups enabled anew on another device
 
 Run `backupctl <command> --help` for each command's details and examples.";
 
@@ -149,8 +155,16 @@ Exit codes: 0 enabled, 1 already enabled (see change-password, --replace), 2 pas
     #[command(
         long_about = "Show this device's state (device key, enrolment, cached backup key) and \
 the vault's record for the account: registered (with password attempts remaining), locked \
-(erased after too many wrong passwords), or none.",
-        after_help = "Example:\n  backupctl status\n\nExit codes: 0 reported, 8 device not enrolled, 6 chatd or vault unreachable."
+(erased after too many wrong passwords), or none.\n\n\
+The vault names every registration with an escrow epoch and says when it was made and how \
+(password backups enabled, a forgotten-password reset, a password change). This device \
+remembers the escrow it last saw and accepted: the one it registered, changed the password \
+of, or restored a backup with the password of. If the vault now holds another one, status \
+says when and how it was made and exits 11: another device reset or changed the password \
+(the vault cannot say which device, only that it was not this one). A device that never saw \
+an epoch starts tracking the current one.",
+        after_help = "Example:\n  backupctl status\n\nExit codes: 0 reported, 8 device not enrolled, 6 chatd or vault unreachable, \
+9 the remembered escrow file is damaged or cannot be written, 11 escrow changed by another device."
     )]
     Status,
 

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use backup_client::backup::{backup_to, BackupIoError, BackupOptions, Location, RestoreOutput};
 use backup_client::custody::{self, CachedKey, EscrowCheck, ForgottenKey, KeyOrigin, VaultKeyKept};
 use backup_client::device::{Device, Enrolment};
+use backup_client::escrow::{self, Accepted, EpochCheck};
 use backup_client::exit::{exit_for, explain};
 use backup_client::profile::{Profile, PROFILE_ENV};
 use backup_client::restore::RestorePlan;
@@ -127,6 +128,7 @@ fn enable_password(profile: Profile, a: EnableArgs) -> Result<(), ClientError> {
     };
     let enabled = block_on(custody::enable_password(&device, &password, mode))?;
     let profile = device.profile();
+    warn_unremembered(&enabled.escrow);
     println!(
         "password backups enabled for account {}: the backup key is escrowed in the vault under your password ({} wrong passwords in a row erase it for good)",
         profile.account(),
@@ -223,7 +225,12 @@ fn status(profile: Profile) -> Result<(), ClientError> {
                     "vault        none: password backups are not enabled for this account"
                 ),
             }
-            Ok(())
+            let check = escrow::check(device.profile(), &s)?;
+            print_escrow(&check);
+            match check {
+                EpochCheck::Changed(change) => Err(ClientError::EscrowChanged(change)),
+                _ => Ok(()),
+            }
         }
         Err(e) => {
             if let ClientError::Closed(c) = &e {
@@ -231,6 +238,52 @@ fn status(profile: Profile) -> Result<(), ClientError> {
             }
             Err(e)
         }
+    }
+}
+
+/// The `escrow` line of `status`: which registration the vault holds, and
+/// whether it is the one this device last saw.
+fn print_escrow(check: &EpochCheck) {
+    match check {
+        EpochCheck::Unchanged(e) => println!(
+            "escrow       {}: registered {}; the escrow this device last saw",
+            e.epoch,
+            escrow::described(e)
+        ),
+        EpochCheck::NowTracking(e) => println!(
+            "escrow       {}: registered {}; this device had not seen an escrow epoch before and now tracks this one",
+            e.epoch,
+            escrow::described(e)
+        ),
+        EpochCheck::Changed(c) => println!(
+            "escrow       {}: registered {}; NOT the escrow this device last saw ({}, registered {})",
+            c.now.epoch,
+            escrow::described(&c.now),
+            c.seen.epoch,
+            escrow::described(&c.seen)
+        ),
+        EpochCheck::NotReported => println!(
+            "escrow       not described by this vault (it predates escrow epochs), so a replacement from another device cannot be noticed"
+        ),
+        EpochCheck::NoEscrow {
+            remembered: Some(e),
+        } => println!(
+            "escrow       none; the one this device last saw ({}, registered {}) is gone",
+            e.epoch,
+            escrow::described(e)
+        ),
+        EpochCheck::NoEscrow { remembered: None } => {}
+    }
+}
+
+/// A warning when an escrow this device made or accepted could not be
+/// remembered (the operation itself succeeded).
+fn warn_unremembered(accepted: &Accepted) {
+    if let Accepted::NotRemembered(e) = accepted {
+        eprintln!(
+            "warning: could not remember the new escrow as this device's ({}); `backupctl status` will report it as made elsewhere until it can",
+            explain(e)
+        );
     }
 }
 
@@ -365,6 +418,9 @@ fn restore(profile: Profile, a: RestoreArgs) -> Result<(), ClientError> {
     );
     // After a password restore; the restore already succeeded, so problems
     // here are warnings.
+    if let Some(accepted) = &restored.escrow {
+        warn_unremembered(accepted);
+    }
     match restored.vault_key {
         None | Some(VaultKeyKept::AlreadyCached) => {}
         Some(VaultKeyKept::CachedNow) => report(
@@ -417,6 +473,7 @@ fn change_password(profile: Profile, a: ChangePasswordArgs) -> Result<(), Client
         "password changed: the same backup key is now protected by the new password ({} wrong passwords in a row erase it); existing backups are unaffected",
         changed.max_attempts
     );
+    warn_unremembered(&changed.escrow);
     if matches!(changed.cached_key, CachedKey::Different) {
         warn_cached_differs(device.profile());
     }
@@ -460,6 +517,12 @@ Backups made with it can then be restored only with its 64-digit key, if you wro
         ),
         ForgottenKey::NoneCached => {}
         ForgottenKey::LeftAlone(e) => eprintln!("note: left {file} alone: {}", explain(&e)),
+    }
+    if let Err(e) = disabled.escrow_forgotten {
+        eprintln!(
+            "note: could not forget the deleted escrow ({}); `backupctl status` will say it is gone",
+            explain(&e)
+        );
     }
     Ok(())
 }
