@@ -232,3 +232,16 @@ impl ChatdConfig {
         Duration::from_secs(v)
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// Every key in the commented example operators copy is a real one
+    /// (sections refuse unknown keys) with a value chatd accepts.
+    #[test]
+    fn the_example_configuration_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/config/chatd.example.toml");
+        ChatdConfig::load(Some(&path)).unwrap();
+    }
+}

@@ -362,3 +362,42 @@ impl VaultConfig {
         )?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The commented example is what operators copy: every key in it must
+    /// be a real one (the sections refuse unknown keys) with a valid value,
+    /// and what it shows uncommented must be the default.
+    #[test]
+    fn the_example_configuration_loads_and_shows_the_defaults() {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/config/vault.example.toml");
+        // Its placeholders for keys stand for real ones.
+        let text = std::fs::read_to_string(example)
+            .unwrap()
+            .replace("<64 hex digits>", &"ab".repeat(32));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.toml");
+        std::fs::write(&path, text).unwrap();
+        let cfg = VaultConfig::load(Some(&path)).unwrap();
+        let d = VaultConfig::default();
+        assert_eq!(
+            cfg.max_attempts, None,
+            "the example leaves max_attempts to the fleet"
+        );
+        assert_eq!(
+            cfg.limits.login_starts_per_minute,
+            d.limits.login_starts_per_minute
+        );
+        assert_eq!(
+            cfg.limits.replacements_per_hour,
+            d.limits.replacements_per_hour
+        );
+        assert_eq!(cfg.link.drain_deadline_secs, d.link.drain_deadline_secs);
+        assert_eq!(cfg.raft.commit_timeout_secs, d.raft.commit_timeout_secs);
+        assert_eq!(cfg.raft.node_id, Some(1));
+        assert_eq!(cfg.control.operator_keys, vec!["ab".repeat(32)]);
+    }
+}

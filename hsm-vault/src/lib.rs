@@ -6,9 +6,9 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`core`] | the sans-IO vault: [`core::Vault::handle`]`(now, session, request) -> response`, over the [`seal::Sealer`], [`state::Records`] and [`entropy::Entropy`] traits |
+//! | [`core`] | the sans-IO vault: [`core::Vault::handle`]`(now, session, request) -> response`, over the [`seal::Sealer`], [`state::Records`] and [`entropy::Entropy`] traits; the per-account limits ([`core::limits`]) |
 //! | [`state`] | the commit path: record formats, the compare-and-set command and its rule, the redb store, the single-node commits |
-//! | [`raft`] | replication: the Raft group's storage, peer transport, identities, role, and the majority agreement on what each commit wrote |
+//! | [`raft`] | replication: the Raft group's storage, peer transport, identities and per-node keys ([`raft::peer_keys`]), what the log carries ([`raft::log_command`]), role, the majority agreement on what each commit wrote, and offline recovery of a group that lost its majority ([`raft::recovery`]) |
 //! | [`control`] | the operators' authenticated control plane: membership changes with their checks |
 //! | [`server`] | the running replica: its wiring ([`server::Replica`]), the chatd link listener, each link's sans-IO tunnel table, the worker pool |
 //! | [`hsm`] | PKCS#11 custody (cryptoki; SoftHSM2 by default): sessions, the sealer, and the key ceremony |
