@@ -177,6 +177,16 @@ impl Device {
         )
     }
 
+    /// Random data (`len` bytes from `seed`) in the file `data`, backed up
+    /// to the file `name`: the data and the backup's path.
+    fn backup_random(&self, name: &str, len: usize, seed: u64) -> (Vec<u8>, PathBuf) {
+        let src = self.path("data");
+        let data = random_file(&src, len, seed);
+        let backup = self.path(name);
+        self.backup(&src, &backup, &[]).ok();
+        (data, backup)
+    }
+
     fn backup(&self, src: &Path, to: &Path, extra: &[&str]) -> Out {
         let mut args = vec![
             "backup",
@@ -511,10 +521,7 @@ fn wrong_passwords_count_down_then_the_key_is_erased() {
     let a = Device::for_stack(&s, "alice");
     a.enroll(&s);
     a.enable_password(PASSWORD);
-    let src = a.path("data");
-    let data = random_file(&src, 100_000, 3);
-    let backup = a.path("data.backup");
-    a.backup(&src, &backup, &[]).ok();
+    let (data, backup) = a.backup_random("data.backup", 100_000, 3);
     let out = a.path("out");
 
     a.restore_password(&backup, &out, "wrong password 1").fails(
@@ -674,10 +681,7 @@ fn change_password_keeps_the_key_and_disable_removes_it() {
     let a = Device::for_stack(&s, "alice");
     a.enroll(&s);
     a.enable_password(PASSWORD);
-    let src = a.path("data");
-    let data = random_file(&src, 200_000, 5);
-    let backup = a.path("old.backup");
-    a.backup(&src, &backup, &[]).ok();
+    let (data, backup) = a.backup_random("old.backup", 200_000, 5);
     let cached_before = std::fs::read(a.path("backup.key")).unwrap();
 
     // A wrong old password changes nothing.
@@ -723,7 +727,7 @@ fn change_password_keeps_the_key_and_disable_removes_it() {
     assert!(st.ok().stdout.contains("vault        none"), "{st:#?}");
     assert!(st.stdout.contains("backup key   none"), "{st:#?}");
     assert!(!a.path("backup.key").exists());
-    a.backup(&src, &a.path("new.backup"), &[])
+    a.backup(&a.path("data"), &a.path("new.backup"), &[])
         .fails(5, "no backup key");
     a.restore_password(&backup, &a.path("out2"), "new password 123")
         .fails(5, "not enabled");
@@ -774,10 +778,7 @@ fn status_reports_a_replacement_made_on_another_device_and_when() {
         "{st:#?}"
     );
     assert!(a.path("profile.escrow-epoch").exists());
-    let src = a.path("data");
-    let data = random_file(&src, 50_000, 31);
-    let backup = a.path("a.backup");
-    a.backup(&src, &backup, &[]).ok();
+    let (data, backup) = a.backup_random("a.backup", 50_000, 31);
 
     // B never saw an epoch: it starts tracking, no alarm.
     let b = Device::for_stack(&s, "alice");
@@ -873,10 +874,7 @@ fn status_reports_a_password_changed_on_another_device_until_a_restore_accepts_i
     let a = Device::for_stack(&s, "alice");
     a.enroll(&s);
     a.enable_password(PASSWORD);
-    let src = a.path("data");
-    let data = random_file(&src, 50_000, 32);
-    let backup = a.path("a.backup");
-    a.backup(&src, &backup, &[]).ok();
+    let (data, backup) = a.backup_random("a.backup", 50_000, 32);
 
     // B restores with the password (so it caches K and accepts the
     // escrow), then changes the password.
@@ -1071,10 +1069,7 @@ fn network_drop_mid_login_and_chatd_down_are_retryable_and_change_nothing() {
     let a = via_proxy("alice");
     a.enroll(&s);
     a.enable_password(PASSWORD);
-    let src = a.path("data");
-    let data = random_file(&src, 300_000, 9);
-    let backup = a.path("data.backup");
-    a.backup(&src, &backup, &[]).ok();
+    let (data, backup) = a.backup_random("data.backup", 300_000, 9);
     // A second device with no cached key: a restore that fails must not
     // cache anything.
     let b = via_proxy("alice");
@@ -1284,10 +1279,7 @@ fn a_password_registered_as_nfc_logs_in_as_nfd() {
     let nfd = "cafe\u{301} au\u{a0}lait, s'il vous plai\u{302}t";
     assert_ne!(nfc.as_bytes(), nfd.as_bytes());
     a.enable_password(nfc);
-    let src = a.path("data");
-    let data = random_file(&src, 100_000, 21);
-    let backup = a.path("data.backup");
-    a.backup(&src, &backup, &[]).ok();
+    let (data, backup) = a.backup_random("data.backup", 100_000, 21);
 
     // A second device, whose keyboard produces the decomposed form.
     let b = Device::for_stack(&s, "alice");
@@ -1349,10 +1341,7 @@ fn the_last_attempt_is_confirmed_on_a_terminal_and_warned_without_one() {
     let a = Device::for_stack(&s, "alice");
     a.enroll(&s);
     a.enable_password(PASSWORD);
-    let src = a.path("data");
-    let data = random_file(&src, 50_000, 31);
-    let backup = a.path("data.backup");
-    a.backup(&src, &backup, &[]).ok();
+    let (data, backup) = a.backup_random("data.backup", 50_000, 31);
     let out = a.path("out");
     let (b, o) = (backup.to_str().unwrap(), out.to_str().unwrap());
     burn_to_one(&a, &backup, &out);
