@@ -82,6 +82,10 @@ pub enum ClientError {
     /// so until this device accepts or replaces the escrow.
     #[error("the vault's escrow is not the one this device last saw: it was registered {}", crate::escrow::described(&.0.now))]
     EscrowChanged(crate::escrow::EscrowChange),
+    /// This device saw the vault describe its escrow; the vault that
+    /// answered now does not. Not retryable for the same reason.
+    #[error("the vault no longer describes its escrow; this device last saw one registered {}", crate::escrow::described(.0))]
+    EscrowNotDescribed(protocol_spec::messages::vault::Escrow),
 }
 
 impl ClientError {

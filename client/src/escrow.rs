@@ -33,8 +33,14 @@ pub enum EpochCheck {
     /// the escrow this device last saw, if any: it is gone.
     NoEscrow { remembered: Option<Escrow> },
     /// The vault is registered but does not describe its escrow (it was
-    /// built before SPEC.md 8.7): a replacement cannot be noticed.
+    /// built before SPEC.md 8.7), and this device never saw one described:
+    /// a replacement cannot be noticed.
     NotReported,
+    /// This device saw an escrow described, and the vault that answers now
+    /// no longer describes one. Vaults are upgraded after clients and never
+    /// downgraded (SPEC.md 11), so an answer from an older or another vault
+    /// could hide a replacement: reported, never trusted.
+    NoLongerReported { seen: Escrow },
     /// This device had never seen an epoch; it now tracks this one.
     NowTracking(Escrow),
     /// The escrow this device last accepted.
@@ -59,7 +65,8 @@ pub fn compare(remembered: Option<Escrow>, status: &StatusReport) -> EpochCheck 
         return EpochCheck::NoEscrow { remembered };
     }
     match (remembered, status.escrow) {
-        (_, None) => EpochCheck::NotReported,
+        (None, None) => EpochCheck::NotReported,
+        (Some(seen), None) => EpochCheck::NoLongerReported { seen },
         (None, Some(now)) => EpochCheck::NowTracking(now),
         (Some(seen), Some(now)) if seen.epoch == now.epoch => EpochCheck::Unchanged(now),
         (Some(seen), Some(now)) => EpochCheck::Changed(EscrowChange { seen, now }),
@@ -222,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn no_escrow_or_an_older_vault_is_never_a_change() {
+    fn no_escrow_is_never_a_change_and_an_escrow_no_longer_described_is_reported() {
         let seen = escrow(1, RegistrationMode::Create);
         for state in [RecordState::None, RecordState::Locked] {
             assert_eq!(
@@ -236,10 +243,70 @@ mod tests {
                 EpochCheck::NoEscrow { remembered: None }
             );
         }
+        // A vault that never described its escrow to this device: nothing
+        // to compare. One that did and no longer does is not trusted.
         assert_eq!(
-            compare(Some(seen), &status(RecordState::Registered, None)),
+            compare(None, &status(RecordState::Registered, None)),
             EpochCheck::NotReported
         );
+        assert_eq!(
+            compare(Some(seen), &status(RecordState::Registered, None)),
+            EpochCheck::NoLongerReported { seen }
+        );
+    }
+
+    #[test]
+    fn a_profile_named_like_the_remembered_escrow_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = Profile::for_tests(dir.path());
+        let path = dir.path().join("p.escrow-epoch");
+        std::fs::copy(&good.path, &path).unwrap();
+        let err = Profile::load(&path).unwrap_err().to_string();
+        assert!(err.contains("rename the profile"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_remembered_escrow_others_could_edit_or_of_another_account_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let profile = Profile::for_tests(dir.path());
+        let file = dir.path().join("profile.escrow-epoch");
+        let e = escrow(1, RegistrationMode::Create);
+        profile.remember_escrow(&e).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("account = \"alice\""), "{text}");
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o620)).unwrap();
+        let err = profile.remembered_escrow().unwrap_err().to_string();
+        assert!(err.contains("may be changed by other users"), "{err}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(profile.remembered_escrow().unwrap(), Some(e));
+
+        std::fs::write(&file, text.replace("alice", "mallory")).unwrap();
+        let err = profile.remembered_escrow().unwrap_err().to_string();
+        assert!(err.contains("of account mallory"), "{err}");
+        // Written before the account was kept: still read.
+        let old: String = text
+            .lines()
+            .filter(|l| !l.starts_with("account"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&file, old).unwrap();
+        assert_eq!(profile.remembered_escrow().unwrap(), Some(e));
+
+        for (bytes, why) in [
+            (vec![0xff, 0xfe, b'\n'], "not UTF-8"),
+            (vec![b'#'; 5000], "far longer"),
+        ] {
+            std::fs::write(&file, bytes).unwrap();
+            let err = profile.remembered_escrow().unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains("damaged"), "{err}");
+        }
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        let err = profile.remembered_escrow().unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub fn exit_for(e: &ClientError) -> Exit {
         ClientError::NoBackupKey => Exit::NotEnabled,
         ClientError::RegistrationUnknown => Exit::Unavailable,
         ClientError::Cancelled => Exit::Other,
-        ClientError::EscrowChanged(_) => Exit::EscrowChanged,
+        ClientError::EscrowChanged(_) | ClientError::EscrowNotDescribed(_) => Exit::EscrowChanged,
     }
 }
 
@@ -181,6 +181,10 @@ pub fn explain(e: &ClientError) -> String {
             "{e}; run `backupctl status`: if it says registered, run `backupctl enable --password --replace` to make sure the vault holds this device's key, otherwise try again"
         ),
         ClientError::EscrowChanged(change) => explain_escrow_change(change),
+        ClientError::EscrowNotDescribed(seen) => format!(
+            "the vault no longer says which escrow it holds, though it did before (this device last saw one registered {}): an older or another vault answered, and a replacement would not show; ask your operator whether the vault was downgraded or chatd reaches the wrong vault, and do not trust `status` until it describes the escrow again",
+            escrow::described(seen)
+        ),
     }
 }
 
@@ -206,7 +210,7 @@ fn explain_escrow_change(change: &EscrowChange) -> String {
         ),
     };
     format!(
-        "{what}. If that was you, restore any backup on this device with `backupctl restore --password` and the current password: that accepts the new escrow. \
+        "{what}. If that was you, accept it here with `backupctl restore --password` and the current password: after a password change any backup will do; after a reset or a new enable, only a backup made since then opens with the new key. \
 If it was not, someone who can act for your account did it: run `backupctl enable --password --replace` to escrow this device's key under a new password, and ask your operator which devices are enrolled"
     )
 }

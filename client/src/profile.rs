@@ -49,10 +49,18 @@ pub const ESCROW_EPOCH_EXTENSION: &str = "escrow-epoch";
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EscrowFile {
+    /// The account it was remembered for: a profile switched to another
+    /// account (or two profiles sharing a file name) must not compare one
+    /// account's escrow with another's. Absent in files written before it.
+    #[serde(default)]
+    account: Option<String>,
     epoch: String,
     registered_at_unix_secs: u64,
     kind: String,
 }
+
+/// The remembered escrow is a few lines; anything longer is not one.
+const MAX_ESCROW_FILE_BYTES: u64 = 4096;
 
 /// What the remembered escrow's `kind` says when the vault did not know.
 const UNKNOWN_KIND: &str = "unknown";
@@ -131,6 +139,12 @@ impl Profile {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_BACKUP_KEY_FILE));
         // Named after the profile, so two profiles in one folder keep apart.
         let escrow_epoch_file = path.with_extension(ESCROW_EPOCH_EXTENSION);
+        if escrow_epoch_file == path {
+            return Err(ClientError::Profile(format!(
+                "profile {} ends in .{ESCROW_EPOCH_EXTENSION}, the name backupctl gives the escrow it remembers next to the profile; rename the profile (for example to profile.toml)",
+                path.display()
+            )));
+        }
         Ok(Profile {
             path: path.to_owned(),
             endpoint: Endpoint {
@@ -214,8 +228,8 @@ impl Profile {
     pub fn remembered_escrow(&self) -> Result<Option<Escrow>, ClientError> {
         let path = &self.escrow_epoch_file;
         let shown = path.display();
-        let text = match fs::read_to_string(path) {
-            Ok(t) => t,
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
                 return Err(ClientError::Profile(format!(
@@ -225,10 +239,38 @@ impl Profile {
         };
         let damaged = |why: &str| {
             ClientError::Profile(format!(
-                "{shown} is damaged ({why}); delete it: the next `backupctl status` remembers the vault's escrow again"
+                "{shown} is damaged ({why}); delete it, then verify the vault's escrow with `backupctl restore --password` of a recent backup: the next `backupctl status` trusts whatever the vault holds then"
             ))
         };
+        if !meta.is_file() {
+            return Err(damaged("it is not a regular file"));
+        }
+        if meta.len() > MAX_ESCROW_FILE_BYTES {
+            return Err(damaged("it is far longer than what backupctl writes"));
+        }
+        // Whoever can write it can silence the report of a replacement.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o022 != 0 {
+                return Err(ClientError::Profile(format!(
+                    "{shown} may be changed by other users, who could hide a replaced escrow; run `chmod 600 {shown}`"
+                )));
+            }
+        }
+        let bytes = fs::read(path).map_err(|e| {
+            ClientError::Profile(format!("cannot read {shown}: {e}; check its permissions"))
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| damaged("it is not UTF-8 text"))?;
         let file: EscrowFile = toml::from_str(&text).map_err(|e| damaged(e.message()))?;
+        if let Some(account) = &file.account {
+            if account != self.account().as_str() {
+                return Err(ClientError::Profile(format!(
+                    "{shown} remembers an escrow of account {account}, but this profile is for account {}; move it away if the profile was switched to another account",
+                    self.account()
+                )));
+            }
+        }
         let epoch = EscrowEpoch::from_hex(&file.epoch)
             .ok_or_else(|| damaged("its epoch is not 32 hex digits"))?;
         let kind = match file.kind.as_str() {
@@ -251,7 +293,8 @@ impl Profile {
         let text = format!(
             "# The vault escrow this device last saw and accepted (SPEC 8.7), kept by\n\
              # backupctl to notice a replacement from another device. Not a secret.\n\
-             epoch = \"{}\"\nregistered_at_unix_secs = {}\nkind = \"{}\"\n",
+             account = \"{}\"\nepoch = \"{}\"\nregistered_at_unix_secs = {}\nkind = \"{}\"\n",
+            self.account(),
             escrow.epoch.to_hex(),
             escrow.registered_at_unix_secs,
             escrow.kind.map_or(UNKNOWN_KIND, RegistrationMode::label)

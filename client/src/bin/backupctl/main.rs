@@ -229,6 +229,7 @@ fn status(profile: Profile) -> Result<(), ClientError> {
             print_escrow(&check);
             match check {
                 EpochCheck::Changed(change) => Err(ClientError::EscrowChanged(change)),
+                EpochCheck::NoLongerReported { seen } => Err(ClientError::EscrowNotDescribed(seen)),
                 _ => Ok(()),
             }
         }
@@ -262,6 +263,11 @@ fn print_escrow(check: &EpochCheck) {
             c.seen.epoch,
             escrow::described(&c.seen)
         ),
+        EpochCheck::NoLongerReported { seen } => println!(
+            "escrow       not described by the vault that answered, though the one this device last saw was ({}, registered {})",
+            seen.epoch,
+            escrow::described(seen)
+        ),
         EpochCheck::NotReported => println!(
             "escrow       not described by this vault (it predates escrow epochs), so a replacement from another device cannot be noticed"
         ),
@@ -281,7 +287,7 @@ fn print_escrow(check: &EpochCheck) {
 fn warn_unremembered(accepted: &Accepted) {
     if let Accepted::NotRemembered(e) = accepted {
         eprintln!(
-            "warning: could not remember the new escrow as this device's ({}); `backupctl status` will report it as made elsewhere until it can",
+            "warning: could not remember the new escrow as this device's ({}); `backupctl status` will report it as made elsewhere (or, if this device remembered none, start tracking whatever the vault then holds) until it can",
             explain(e)
         );
     }
