@@ -182,10 +182,11 @@ pub fn table() -> Vec<MetricDef> {
         MetricDef::counter(
             "vault_state_divergence_total",
             "Times this replica found its store disagreeing with its group's majority, by who \
-             found it (leader, follower told by the leader, or a minority voter); such a replica \
-             stops serving and must be rebuilt.",
+             found it (leader, follower told by the leader, or a minority voter; such a replica \
+             stops serving and must be rebuilt), or a read the leader did not answer because a \
+             majority held another record (read).",
         )
-        .labels(&[("side", &["leader", "follower", "minority"])]),
+        .labels(&[("side", &["leader", "follower", "minority", "read"])]),
         MetricDef::counter(
             "vault_raft_snapshots_built_total",
             "Raft snapshots this replica built.",

@@ -591,6 +591,28 @@ fn a_rolled_back_replica_as_leader_gives_no_spent_attempt_back_and_says_so() {
         let _ = cmd.output();
         std::thread::sleep(Duration::from_millis(1500));
     }
+    // Asked while it leads, it does not report the rolled-back record (its
+    // count, or its escrow epoch, SPEC 8.7): a read counts only once a
+    // majority holds the same record.
+    let mut asked = 0;
+    for _ in 0..3 {
+        let Ok(mut l) =
+            LinkClient::connect(c.replicas[r].link_addr, &c.chatd_key, &c.fleet.link_key)
+        else {
+            continue;
+        };
+        let Ok(mut t) = l.open_tunnel(&a, &c.fleet.tunnel_key) else {
+            continue;
+        };
+        asked += 1;
+        if let Ok(VaultResponse::Status(st)) = l.request(&mut t, &VaultRequest::Status) {
+            assert_ne!(
+                st.attempts_remaining, MAX,
+                "the rolled-back replica answered Status from its own store: {st:?}"
+            );
+        }
+    }
+    assert!(asked > 0, "replica {r} took no tunnel while leading");
     // Guess on, through whichever replica leads, until the record locks.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

@@ -140,22 +140,34 @@ pub async fn answer(
     }
 }
 
-/// Leader side: the commit of `req` counts once a majority of the voters,
-/// this replica included, hold the record it wrote.
-pub async fn confirm_majority(
+/// What the other voters said about one [`ConfirmRequest`].
+struct Poll {
+    me: u64,
+    membership: openraft::Membership<u64, super::VaultNode>,
+    majority: usize,
+    /// Voters holding the same record, this replica included.
+    same: usize,
+    differs: Vec<u64>,
+    /// Answers still coming.
+    asks: tokio::task::JoinSet<(u64, ConfirmAnswer)>,
+}
+
+/// Asks every other voter about `req` until a majority (this replica
+/// included) hold the same record, or `ttl` passes. `None`: this replica
+/// is the group's only voter.
+async fn poll(
     raft: &Raft<VaultRaft>,
     network: &PeerNetwork,
-    divergence: &Arc<Divergence>,
-    req: ConfirmRequest,
+    req: &ConfirmRequest,
     ttl: Duration,
-) -> Result<(), Error> {
+) -> Option<Poll> {
     let m = raft.metrics().borrow().clone();
     let me = m.id;
     let membership = m.membership_config.membership().clone();
     let voters: Vec<u64> = membership.voter_ids().collect();
     let majority = voters.len() / 2 + 1;
     if majority <= 1 {
-        return Ok(());
+        return None;
     }
     let mut asks = tokio::task::JoinSet::new();
     for id in voters.iter().copied().filter(|id| *id != me) {
@@ -186,6 +198,73 @@ pub async fn confirm_majority(
             ConfirmAnswer::NotYet => {}
         }
     }
+    Some(Poll {
+        me,
+        membership,
+        majority,
+        same,
+        differs,
+        asks,
+    })
+}
+
+/// Leader side, for a read: the record this replica is about to answer
+/// from (as of entry `req.index`) counts once a majority of the voters
+/// hold the same one. Unlike a commit, a read that a majority contradicts
+/// does not by itself prove this store diverged (a commit that timed out
+/// earlier may have reached the others first), so it only refuses to
+/// answer; the next commit for the account tells which store is wrong.
+pub async fn confirm_read(
+    raft: &Raft<VaultRaft>,
+    network: &PeerNetwork,
+    req: ConfirmRequest,
+    ttl: Duration,
+) -> Result<(), Error> {
+    let Some(mut p) = poll(raft, network, &req, ttl).await else {
+        return Ok(());
+    };
+    p.asks.abort_all();
+    if p.same >= p.majority {
+        return Ok(());
+    }
+    if p.differs.len() >= p.majority {
+        metrics::counter!("vault_state_divergence_total", "side" => "read").increment(1);
+        tracing::error!(
+            account = %req.account,
+            index = req.index,
+            voters = ?p.differs,
+            "a majority of the group hold a different record of this account than this replica: \
+             not answering from it (if it recurs, this replica's store was edited or rolled back)"
+        );
+        return Err(Error::Unavailable(
+            "a majority of the group hold a different record than this replica",
+        ));
+    }
+    Err(Error::Unavailable(
+        "a majority did not confirm this replica's record in time",
+    ))
+}
+
+/// Leader side: the commit of `req` counts once a majority of the voters,
+/// this replica included, hold the record it wrote.
+pub async fn confirm_majority(
+    raft: &Raft<VaultRaft>,
+    network: &PeerNetwork,
+    divergence: &Arc<Divergence>,
+    req: ConfirmRequest,
+    ttl: Duration,
+) -> Result<(), Error> {
+    let Some(Poll {
+        me,
+        membership,
+        majority,
+        same,
+        differs,
+        mut asks,
+    }) = poll(raft, network, &req, ttl).await
+    else {
+        return Ok(());
+    };
     let account = req.account.clone();
     if same >= majority {
         // The rest answer in the background: a minority that differs is a

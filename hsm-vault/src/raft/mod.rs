@@ -125,10 +125,34 @@ impl Records for ReplicatedRecords {
             tokio::time::timeout(self.timeout, raft.ensure_linearizable()).await
         });
         match confirmed {
-            Ok(Ok(_)) => self.store.get(account),
-            Ok(Err(e)) => Err(leader_error(&e)),
-            Err(_) => Err(Error::Unavailable("no quorum confirmed leadership in time")),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(leader_error(&e)),
+            Err(_) => return Err(Error::Unavailable("no quorum confirmed leadership in time")),
         }
+        if self.divergence.found() {
+            return Err(Error::Unavailable(
+                "this replica's store diverged from the group",
+            ));
+        }
+        // An answer read from this store (a Status, an escrow epoch, a
+        // refusal) counts only once a majority holds the same record as of
+        // the same entry: a store rolled back on this host answers nothing.
+        let (record, applied) = storage::record_as_applied(&self.store, account)?;
+        let term = self.raft.metrics().borrow().current_term;
+        let req = agreement::ConfirmRequest {
+            index: applied,
+            term,
+            account: account.as_str().to_owned(),
+            digest: agreement::record_digest(account, record.as_ref()),
+            wait_ms: u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX),
+        };
+        self.rt.block_on(agreement::confirm_read(
+            &self.raft,
+            &self.network,
+            req,
+            self.timeout,
+        ))?;
+        Ok(record)
     }
 
     /// This replica's applied state, without a quorum round: the core only

@@ -51,6 +51,29 @@ pub fn load_peer_keys(store: &RecordStore) -> Result<PeerKeyTable, crate::Error>
         .map_err(|e| crate::Error::Storage(e.to_string()))
 }
 
+/// `account`'s record and the index of the last entry applied, from one
+/// read transaction, so the record is exactly what the entries up to that
+/// index made of it (the two are written together).
+pub fn record_as_applied(
+    store: &RecordStore,
+    account: &protocol_spec::ids::AccountId,
+) -> Result<(Option<StoredRecord>, u64), crate::Error> {
+    use redb::ReadableDatabase;
+    let storage = |e: &dyn std::fmt::Display| crate::Error::Storage(e.to_string());
+    let txn = store.db().begin_read().map_err(|e| storage(&e))?;
+    let meta_t = txn.open_table(META).map_err(|e| storage(&e))?;
+    let applied: Option<LogId<NodeId>> = match meta_t.get(APPLIED_KEY).map_err(|e| storage(&e))? {
+        Some(v) => dec(v.value()).map_err(|e| storage(&e))?,
+        None => None,
+    };
+    let records_t = txn.open_table(RECORDS).map_err(|e| storage(&e))?;
+    let record = match records_t.get(account.as_str()).map_err(|e| storage(&e))? {
+        Some(v) => Some(StoredRecord::decode(v.value())?),
+        None => None,
+    };
+    Ok((record, applied.map_or(0, |l| l.index)))
+}
+
 fn io_err(e: impl std::fmt::Display) -> SErr {
     StorageIOError::write(AnyError::error(e.to_string())).into()
 }
