@@ -18,6 +18,7 @@ pub mod identity;
 pub mod log_command;
 pub mod network;
 pub mod peer_keys;
+pub mod peer_service;
 pub mod recovery;
 pub mod role;
 pub mod storage;

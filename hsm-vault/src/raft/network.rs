@@ -13,6 +13,9 @@
 //! next client (openraft makes a client per read-index round and per
 //! election); a connection that fails is dropped, and a reused one that
 //! fails is replaced by a fresh one once.
+//!
+//! This file is the calling side and what both sides share (the wire
+//! types, framing, limits); the listener is [`super::peer_service`].
 
 // openraft's error types are large and fixed by its trait signatures.
 #![allow(clippy::result_large_err)]
@@ -27,25 +30,21 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{AnyError, Raft};
+use openraft::AnyError;
 use parking_lot::Mutex;
 use protocol_spec::keys::StaticSecret;
-use protocol_spec::noise::{Initiator, Responder, Transport};
+use protocol_spec::noise::{Initiator, Transport};
 use protocol_spec::PROTOCOL_VERSION;
 use serde::{Deserialize, Serialize};
 use service_kit::records::{read_record, write_record, RecordError};
-use service_kit::slots::AddressSlots;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use super::agreement::{self, ConfirmAnswer, ConfirmRequest, Divergence};
+use super::agreement::{ConfirmAnswer, ConfirmRequest};
 use super::codec::{self, CodecError};
-use super::identity::{
-    check_welcome, IdentityError, PeerHello, PeerIdentity, PeerWelcome, WarnOnce,
-};
-use super::peer_keys::{NodeKey, NodeProof, NodeSigner, PeerKeyError, PeerKeys, ProofRole};
+use super::identity::{check_welcome, IdentityError, PeerIdentity, PeerWelcome, WarnOnce};
+use super::peer_keys::{NodeKey, NodeSigner, PeerKeyError, PeerKeys, ProofRole};
 use super::{VaultNode, VaultRaft};
-use crate::state::RecordStore;
 
 type NodeId = u64;
 
@@ -56,7 +55,7 @@ pub const MAX_PEER_RECORD: usize = 16 << 20;
 pub const MAX_SNAPSHOT_BYTES: u64 = 4 << 30;
 
 #[derive(Serialize, Deserialize)]
-enum PeerRequest {
+pub(super) enum PeerRequest {
     Append(AppendEntriesRequest<VaultRaft>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<VaultRaft>),
@@ -67,7 +66,7 @@ enum PeerRequest {
 }
 
 #[derive(Serialize, Deserialize)]
-enum PeerResponse {
+pub(super) enum PeerResponse {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
@@ -117,14 +116,14 @@ pub enum PeerError {
 }
 
 /// A frame's plaintext: the version byte, then one postcard value.
-fn frame<T: Serialize>(v: &T) -> Result<Vec<u8>, PeerError> {
+pub(super) fn frame<T: Serialize>(v: &T) -> Result<Vec<u8>, PeerError> {
     let mut out = vec![PROTOCOL_VERSION];
     out.extend(codec::encode("peer frame", v)?);
     Ok(out)
 }
 
 /// Strictly: a frame with bytes after its value is refused, as on disk.
-fn unframe<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, PeerError> {
+pub(super) fn unframe<T: for<'a> Deserialize<'a>>(b: &[u8]) -> Result<T, PeerError> {
     match b.split_first() {
         Some((&PROTOCOL_VERSION, rest)) => Ok(codec::decode("peer frame", rest)?),
         Some((v, _)) => Err(PeerError::Version(*v)),
@@ -145,10 +144,10 @@ const POOL_MAX_IDLE: Duration = Duration::from_secs(20);
 /// The serving side closes a connection with no request for this long.
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time an incoming connection has to complete its handshake.
-const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const PEER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once, in all and from one address.
-const MAX_PEER_CONNS: usize = 256;
-const MAX_PEER_CONNS_PER_IP: usize = 16;
+pub(super) const MAX_PEER_CONNS: usize = 256;
+pub(super) const MAX_PEER_CONNS_PER_IP: usize = 16;
 
 /// Makes clients for Raft to reach other replicas.
 #[derive(Clone)]
@@ -497,221 +496,5 @@ impl RaftNetwork<VaultRaft> for PeerClient {
             Ok(_) => Err(mismatch()),
             Err(e) => Err(self.unreachable(e)),
         }
-    }
-}
-
-/// Serves other replicas' RPCs until the listener is dropped.
-///
-/// The listener faces the network, so nothing before the handshake may hold
-/// a slot for long: the handshake must complete within 5 s, one address may
-/// hold at most 16 connections, and a connection with no request for
-/// [`PEER_IDLE_TIMEOUT`] is closed (which also reaps connections whose peer
-/// vanished without a FIN).
-/// What the peer listener serves: the Raft node, and for confirmations
-/// ([`super::agreement`]) the store and this replica's divergence flag.
-#[derive(Clone)]
-pub struct PeerService {
-    pub raft: Raft<VaultRaft>,
-    pub store: Arc<RecordStore>,
-    pub divergence: Arc<Divergence>,
-    pub key: Arc<StaticSecret>,
-    pub identity: Arc<PeerIdentity>,
-    pub node: Arc<NodeSigner>,
-    pub keys: Arc<PeerKeys>,
-}
-
-impl std::fmt::Debug for PeerService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerService")
-            .field("identity", &self.identity)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Most a confirmation waits for this replica to apply the entry.
-const MAX_CONFIRM_WAIT: Duration = Duration::from_secs(10);
-
-pub async fn serve(listener: TcpListener, svc: PeerService) {
-    let warn = Arc::new(WarnOnce::default());
-    let slots = AddressSlots::new(MAX_PEER_CONNS, MAX_PEER_CONNS_PER_IP);
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let Some(slot) = slots.try_claim(peer.ip()) else {
-            tracing::debug!(%peer, "peer connection refused: too many connections");
-            continue;
-        };
-        let (svc, warn) = (svc.clone(), warn.clone());
-        tokio::spawn(async move {
-            if let Err(e) = serve_peer(stream, &svc, &warn).await {
-                tracing::debug!(%peer, error = %e, "peer connection ended");
-            }
-            drop(slot);
-        });
-    }
-}
-
-async fn serve_peer(
-    mut stream: TcpStream,
-    svc: &PeerService,
-    warn: &WarnOnce,
-) -> Result<(), PeerError> {
-    let (raft, key, identity) = (&svc.raft, svc.key.as_ref(), &svc.identity);
-    let _ = stream.set_nodelay(true);
-    let handshake = async {
-        let m1 = read_record(
-            &mut stream,
-            protocol_spec::limits::MAX_HANDSHAKE_MESSAGE,
-            PEER_HANDSHAKE_TIMEOUT,
-        )
-        .await?
-        .ok_or(PeerError::Closed)?;
-        let first = Responder::peer(key, &key.public_key())
-            .and_then(|r| r.read_first(&m1))
-            .map_err(|_| PeerError::Handshake)?;
-        let hello: PeerHello = codec::decode("peer hello", &first.payload)?;
-        // Answer with who we are even when refusing, so the caller can say
-        // whom it reached instead.
-        let admitted = if identity.group().is_some() {
-            identity.admit(&hello)
-        } else {
-            // Joining a group writes (fsyncs) the group id: off the async
-            // workers, which keep the heartbeats going.
-            let (id, h) = (identity.clone(), hello.clone());
-            tokio::task::spawn_blocking(move || id.admit(&h))
-                .await
-                .map_err(|e| PeerError::Task(e.to_string()))?
-        };
-        let proof = svc.node.prove(
-            ProofRole::Responder,
-            hello.group,
-            identity.node_id(),
-            &first.state.handshake_hash(),
-        );
-        let (m2, mut transport) = first
-            .state
-            .write_response(&codec::encode("peer welcome", &identity.welcome(proof))?)?;
-        write_record(&mut stream, &m2).await?;
-        stream.flush().await?;
-        let refuse = |e: PeerError| {
-            metrics::counter!("vault_raft_peer_refused_total", "side" => "callee").increment(1);
-            if warn.due(&format!("{}/{}", hello.from, hello.group)) {
-                tracing::warn!("{e}; connection refused");
-            }
-            e
-        };
-        if let Err(e) = admitted {
-            return Err(refuse(e.into()));
-        }
-        // The caller's proof of its node key comes first.
-        let rec = read_record(&mut stream, MAX_PEER_RECORD, PEER_HANDSHAKE_TIMEOUT)
-            .await?
-            .ok_or(PeerError::Closed)?;
-        let plain = transport.open(&rec, MAX_PEER_RECORD)?;
-        let proven = unframe::<NodeProof>(&plain).and_then(|p| {
-            let key = p.verify(
-                ProofRole::Initiator,
-                hello.group,
-                hello.from,
-                transport.handshake_hash(),
-            )?;
-            svc.keys.admit(hello.from, key)?;
-            Ok(())
-        });
-        if let Err(e) = proven {
-            return Err(refuse(e));
-        }
-        Ok::<_, PeerError>((transport, hello.from))
-    };
-    let (mut transport, caller) = tokio::time::timeout(PEER_HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .map_err(|_| PeerError::Timeout)??;
-    loop {
-        let next = tokio::time::timeout(
-            PEER_IDLE_TIMEOUT,
-            read_record(&mut stream, MAX_PEER_RECORD, Duration::from_secs(30)),
-        )
-        .await
-        .map_err(|_| PeerError::Idle)?;
-        let Some(rec) = next? else {
-            return Ok(());
-        };
-        let plain = transport.open(&rec, MAX_PEER_RECORD)?;
-        let resp = match unframe::<PeerRequest>(&plain)? {
-            PeerRequest::Append(r) => PeerResponse::Append(raft.append_entries(r).await),
-            PeerRequest::Vote(r) => PeerResponse::Vote(raft.vote(r).await),
-            PeerRequest::Snapshot(r) => {
-                check_snapshot_chunk(&r)?;
-                PeerResponse::Snapshot(raft.install_snapshot(r).await)
-            }
-            PeerRequest::Confirm(r) => {
-                let wait = Duration::from_millis(r.wait_ms.into()).min(MAX_CONFIRM_WAIT);
-                PeerResponse::Confirm(agreement::answer(raft, &svc.store, &r, wait).await)
-            }
-            PeerRequest::Diverged(r) => {
-                // Only the leader speaks for the majority; anyone else
-                // telling this replica it diverged is ignored.
-                if raft.metrics().borrow().current_leader == Some(caller) {
-                    svc.divergence.report(
-                        "follower",
-                        format!(
-                            "the leader (node {caller}) reports that a majority of the group \
-                             holds a different record of account {} after log entry {} than this \
-                             replica: this replica's store has been edited or rolled back; \
-                             rebuild it (remove it, wipe its data folder, add it again under a \
-                             new node id)",
-                            r.account, r.index
-                        ),
-                    );
-                }
-                PeerResponse::Noted
-            }
-        };
-        let sealed = transport.seal(&frame(&resp)?)?;
-        write_record(&mut stream, &sealed).await?;
-        stream.flush().await?;
-    }
-}
-
-/// Refuses a snapshot chunk that would grow the snapshot past
-/// [`MAX_SNAPSHOT_BYTES`] (an absurd offset would otherwise make the
-/// in-memory snapshot allocate it).
-fn check_snapshot_chunk(r: &InstallSnapshotRequest<VaultRaft>) -> Result<(), PeerError> {
-    let end = r.offset.checked_add(r.data.len() as u64);
-    if end.is_none_or(|end| end > MAX_SNAPSHOT_BYTES) {
-        return Err(PeerError::SnapshotTooLarge { offset: r.offset });
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use openraft::{LogId, SnapshotMeta, Vote};
-
-    use super::*;
-
-    fn chunk(offset: u64, len: usize) -> InstallSnapshotRequest<VaultRaft> {
-        InstallSnapshotRequest {
-            vote: Vote::new(1, 1),
-            meta: SnapshotMeta {
-                last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), 5)),
-                last_membership: Default::default(),
-                snapshot_id: "s".into(),
-            },
-            offset,
-            data: vec![0; len],
-            done: false,
-        }
-    }
-
-    #[test]
-    fn snapshot_chunks_beyond_the_limit_are_refused() {
-        assert!(check_snapshot_chunk(&chunk(0, 1024)).is_ok());
-        assert!(check_snapshot_chunk(&chunk(MAX_SNAPSHOT_BYTES - 10, 10)).is_ok());
-        assert!(check_snapshot_chunk(&chunk(MAX_SNAPSHOT_BYTES - 10, 11)).is_err());
-        assert!(check_snapshot_chunk(&chunk(u64::MAX, 1)).is_err());
     }
 }

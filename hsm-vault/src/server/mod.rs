@@ -32,7 +32,7 @@ use crate::core::{Failpoint, Platform, Vault, VaultParams};
 use crate::entropy::{Entropy, OsEntropy};
 use crate::hsm::Hsm;
 use crate::raft::role::{self, Role};
-use crate::raft::{self, network, storage, VaultRaft};
+use crate::raft::{self, network, peer_service, storage, VaultRaft};
 use crate::secrets::FleetSecrets;
 use crate::state::{LocalRecords, RecordStore, Records};
 use crate::Error;
@@ -353,9 +353,9 @@ async fn join_group(
     .await
     .map_err(|e| Error::Startup(format!("raft: {e}")))?;
     let divergence = Arc::new(raft::agreement::Divergence::default());
-    tokio::spawn(network::serve(
+    tokio::spawn(peer_service::serve(
         peer_listener,
-        network::PeerService {
+        peer_service::PeerService {
             raft: raft.clone(),
             store: opened.store.clone(),
             divergence: divergence.clone(),
