@@ -668,5 +668,5 @@ fn a_dishonest_front_end_is_caught_and_gets_no_extra_guess_and_no_secret() {
         seen.len()
     );
     let (_, metrics) = p.admin_get("/metrics");
-    assert!(testkit::metric(&metrics, "vault_record_integrity_failures_total") == 0.0);
+    assert!(testkit::metric(&metrics, "vault_record_integrity_failures_total") < 1.0);
 }
