@@ -247,33 +247,18 @@ fn no_secret_reaches_the_store_the_logs_or_the_secrets_file_in_plaintext() {
     )
     .unwrap();
     let setup = secrets.opaque_setup.serialize().to_vec();
-    let mut needles: Vec<(&str, Vec<u8>)> = vec![
-        ("opaque record", registration_upload.clone()),
-        (
-            "opaque record masking key",
-            registration_upload[32..96].to_vec(),
-        ),
-        ("opaque envelope", registration_upload[96..].to_vec()),
-        ("wrapped_K", wrapped_key.as_bytes().to_vec()),
-        (
-            "wrapped_K ciphertext",
-            wrapped_key.as_bytes()[13..45].to_vec(),
-        ),
-        ("oprf seed", setup[..64].to_vec()),
-        ("opaque server setup", setup.clone()),
-        (
-            "fleet tunnel key",
-            secrets.tunnel_key.expose_secret().to_vec(),
-        ),
-        ("link key", secrets.link_key.expose_secret().to_vec()),
-        ("peer key", secrets.peer_key.expose_secret().to_vec()),
-    ];
-    // Hex forms too, in case anything printed them.
-    let hexed: Vec<(&str, Vec<u8>)> = needles
-        .iter()
-        .map(|(n, b)| (*n, hex::encode(b).into_bytes()))
-        .collect();
-    needles.extend(hexed);
+    let mut needles = testkit::secrets::SecretNeedles::new();
+    needles
+        .binary("opaque record", &registration_upload)
+        .binary("opaque record masking key", &registration_upload[32..96])
+        .binary("opaque envelope", &registration_upload[96..])
+        .binary("wrapped_K", wrapped_key.as_bytes())
+        .binary("wrapped_K ciphertext", &wrapped_key.as_bytes()[13..45])
+        .binary("oprf seed", &setup[..64])
+        .binary("opaque server setup", &setup)
+        .binary("fleet tunnel key", secrets.tunnel_key.expose_secret())
+        .binary("link key", secrets.link_key.expose_secret())
+        .binary("peer key", secrets.peer_key.expose_secret());
     let mut files = vec![
         f.data_dir().join("vault.redb"),
         f.data_dir().join("fleet.sealed"),
@@ -282,21 +267,9 @@ fn no_secret_reaches_the_store_the_logs_or_the_secrets_file_in_plaintext() {
         files.push(entry.unwrap().path());
     }
     for file in files.iter().filter(|p| p.is_file()) {
-        let bytes = std::fs::read(file).unwrap();
-        for (name, needle) in &needles {
-            assert!(
-                !testkit::contains_bytes(&bytes, needle),
-                "{name} found in plaintext in {}",
-                file.display()
-            );
-        }
+        needles.assert_absent(&std::fs::read(file).unwrap(), &file.display().to_string());
     }
-    for (name, needle) in &needles {
-        assert!(
-            !testkit::contains_bytes(log.as_bytes(), needle),
-            "{name} found in the log"
-        );
-    }
+    needles.assert_absent(log.as_bytes(), "the log");
     assert!(!log.is_empty());
 }
 

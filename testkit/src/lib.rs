@@ -47,6 +47,7 @@ pub mod faults;
 pub mod golden;
 pub mod help;
 pub mod link;
+pub mod secrets;
 pub mod servers;
 pub mod tap;
 pub mod vault;

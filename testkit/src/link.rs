@@ -58,6 +58,7 @@ pub struct LinkClient {
     ids: TunnelIdSequence<LinkTunnelId>,
     pending: HashMap<LinkTunnelId, VecDeque<VaultLinkFrame>>,
     pub statuses: Vec<VaultLinkFrame>,
+    seen: Vec<u8>,
 }
 
 fn read_record(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
@@ -97,6 +98,7 @@ impl LinkClient {
         let m2 = read_record(&mut stream)?;
         let (payload, transport) = waiting.read_response(&m2)?;
         let welcome = LinkWelcome::decode(&payload)?;
+        let seen = [m1, m2, payload].concat();
         Ok(LinkClient {
             stream,
             transport,
@@ -104,27 +106,42 @@ impl LinkClient {
             ids: TunnelIdSequence::new(),
             pending: HashMap::new(),
             statuses: Vec::new(),
+            seen,
         })
+    }
+
+    /// Every byte this link client has seen, as chatd would see it: each
+    /// record sent and received, and the plaintext of each link frame (the
+    /// tunnel payloads inside are still the tunnel's ciphertext). Tests of
+    /// a dishonest front-end scan it for secrets.
+    pub fn seen(&self) -> &[u8] {
+        &self.seen
     }
 
     /// Sends raw bytes as one record (for hostile-input tests).
     pub fn send_raw_record(&mut self, body: &[u8]) -> std::io::Result<()> {
+        self.seen.extend_from_slice(body);
         write_record(&mut self.stream, body)
     }
 
     /// Sends one link frame.
     pub fn send(&mut self, frame: &LinkFrame) -> anyhow::Result<()> {
-        let sealed = self.transport.seal(&frame.encode())?;
+        let plain = frame.encode();
+        let sealed = self.transport.seal(&plain)?;
+        self.seen.extend_from_slice(&plain);
+        self.seen.extend_from_slice(&sealed);
         write_record(&mut self.stream, &sealed)?;
         Ok(())
     }
 
     fn read_frame(&mut self) -> Result<VaultLinkFrame, TunnelError> {
         let rec = read_record(&mut self.stream).map_err(|e| TunnelError::Link(e.to_string()))?;
+        self.seen.extend_from_slice(&rec);
         let plain = self
             .transport
             .open(&rec, MAX_FRAME)
             .map_err(|e| TunnelError::Link(e.to_string()))?;
+        self.seen.extend_from_slice(&plain);
         VaultLinkFrame::decode(&plain).map_err(|e| TunnelError::Link(e.to_string()))
     }
 
