@@ -1,7 +1,10 @@
 //! A seeded, bounded chaos run: clients log in with wrong and right
 //! passwords through a real chatd while replicas of a real three-replica
 //! vault are killed, restarted and cut off at random. Reproduce a run with
-//! `E2EBK_CHAOS_SEED=<seed>` (the seed is printed).
+//! `E2EBK_CHAOS_SEED=<seed>` (the seed is printed); `E2EBK_CHAOS_SECONDS`
+//! sets how long the chaos lasts (20 s for the main test, 8 s for the
+//! three extra seeds every CI run also tries). `ops/chaos-seeds N` runs the
+//! main test over N seeds and stops at the first that fails.
 //!
 //! What must hold, checked by the clients from what they observe:
 //! - no account ever got more than `max_attempts` KE2 answers between two
@@ -35,6 +38,18 @@ use testkit::vault::{FleetInfo, VaultOptions};
 const MAX: u32 = 4;
 const ACCOUNTS: usize = 4;
 const CHAOS: Duration = Duration::from_secs(20);
+/// The chaos phase of each extra seed: shorter, so three of them add
+/// about as much time as the main run.
+const SHORT_CHAOS: Duration = Duration::from_secs(8);
+const DEFAULT_SEED: u64 = 0xE2EB_2026;
+
+/// `E2EBK_CHAOS_SECONDS`, if set, else `default`.
+fn chaos_time(default: Duration) -> Duration {
+    std::env::var("E2EBK_CHAOS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(default, Duration::from_secs)
+}
 
 /// A draw from `range` (non-empty). A named generator and this fixed
 /// mapping keep a seed replaying the same run across dependency updates;
@@ -313,8 +328,35 @@ fn seeded_chaos_never_grants_extra_guesses_or_loses_a_registration() {
     let seed: u64 = std::env::var("E2EBK_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0xE2EB_2026);
-    println!("chaos seed {seed} (rerun with E2EBK_CHAOS_SEED={seed})");
+        .unwrap_or(DEFAULT_SEED);
+    run_chaos(seed, chaos_time(CHAOS));
+}
+
+// Three more seeds on every run, shorter: schedules the default seed never
+// makes. A failure names its seed; `E2EBK_CHAOS_SEED=<seed>
+// E2EBK_CHAOS_SECONDS=8` on the main test replays it.
+
+#[test]
+fn chaos_seed_1_short() {
+    run_chaos(1, chaos_time(SHORT_CHAOS));
+}
+
+#[test]
+fn chaos_seed_2_short() {
+    run_chaos(2, chaos_time(SHORT_CHAOS));
+}
+
+#[test]
+fn chaos_seed_3_short() {
+    run_chaos(3, chaos_time(SHORT_CHAOS));
+}
+
+fn run_chaos(seed: u64, chaos: Duration) {
+    println!(
+        "chaos seed {seed} for {} s (rerun with E2EBK_CHAOS_SEED={seed} E2EBK_CHAOS_SECONDS={})",
+        chaos.as_secs(),
+        chaos.as_secs()
+    );
     let mut cluster = VaultCluster::new(
         3,
         VaultOptions {
@@ -392,7 +434,7 @@ fn seeded_chaos_never_grants_extra_guesses_or_loses_a_registration() {
     let mut cut: Option<usize> = None;
     let started = Instant::now();
     let mut actions = Vec::new();
-    while started.elapsed() < CHAOS {
+    while started.elapsed() < chaos {
         std::thread::sleep(Duration::from_millis(pick(&mut rng, 300..1200)));
         let i = pick(&mut rng, 0..3) as usize;
         let action = match pick(&mut rng, 0..5) {
