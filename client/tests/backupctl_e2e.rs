@@ -1090,29 +1090,7 @@ fn network_drop_mid_login_and_chatd_down_are_retryable_and_change_nothing() {
     // chatd dies while the restore is logging in.
     proxy.armed.store(true, Ordering::SeqCst);
     let out_path = b.path("restored");
-    let mut c = b.command(&[
-        "restore",
-        backup.to_str().unwrap(),
-        "--to",
-        out_path.to_str().unwrap(),
-        "--password-stdin",
-    ]);
-    c.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .unwrap();
-    proxy
-        .held
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the restore reached its login");
-    s.chatd_proc.kill9();
-    let out = wait_out(child, Duration::from_secs(30));
+    let out = restore_while_chatd_dies(&mut s, &proxy, &b, &backup, &out_path);
     out.fails(6, "try again");
     assert!(
         out.stderr.contains("password attempt may have been used"),
@@ -1137,6 +1115,40 @@ fn network_drop_mid_login_and_chatd_down_are_retryable_and_change_nothing() {
     b.restore_password(&backup, &out_path, PASSWORD).ok();
     assert_eq!(std::fs::read(&out_path).unwrap(), data);
     assert!(b.path("backup.key").exists());
+}
+
+/// A password restore through the armed `proxy`, with chatd killed while
+/// the proxy holds the restore's `LoginStart`: what `backupctl` said.
+fn restore_while_chatd_dies(
+    s: &mut Stack,
+    proxy: &HoldProxy,
+    d: &Device,
+    backup: &Path,
+    out: &Path,
+) -> Out {
+    let mut c = d.command(&[
+        "restore",
+        backup.to_str().unwrap(),
+        "--to",
+        out.to_str().unwrap(),
+        "--password-stdin",
+    ]);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    proxy
+        .held
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the restore reached its login");
+    s.chatd_proc.kill9();
+    wait_out(child, Duration::from_secs(30))
 }
 
 fn wait_out(mut child: Child, timeout: Duration) -> Out {
@@ -1405,26 +1417,9 @@ fn an_interrupted_last_attempt_says_the_key_may_be_erased() {
     let backup = a.path("data.backup");
     a.backup(&src, &backup, &[]).ok();
     let out = a.path("out");
-    let (b, o) = (backup.to_str().unwrap(), out.to_str().unwrap());
     burn_to_one(&a, &backup, &out);
     proxy.armed.store(true, Ordering::SeqCst);
-    let mut c = a.command(&["restore", b, "--to", o, "--password-stdin"]);
-    c.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .unwrap();
-    proxy
-        .held
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the restore reached its login");
-    s.chatd_proc.kill9();
-    let run = wait_out(child, Duration::from_secs(30));
+    let run = restore_while_chatd_dies(&mut s, &proxy, &a, &backup, &out);
     run.fails(6, "may now have erased the escrowed backup key");
     assert!(run.stderr.contains("run `backupctl status`"), "{run:#?}");
     assert!(
