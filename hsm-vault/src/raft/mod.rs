@@ -119,6 +119,35 @@ where
     }
 }
 
+impl ReplicatedRecords {
+    fn refuse_if_diverged(&self) -> Result<(), Error> {
+        if self.divergence.found() {
+            return Err(Error::Unavailable(
+                "this replica's store diverged from the group",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The question for the other voters about `account`'s record as of
+    /// entry `index` (a read or a commit; [`agreement`]).
+    fn confirm_request(
+        &self,
+        index: u64,
+        term: u64,
+        account: &AccountId,
+        digest: [u8; 32],
+    ) -> agreement::ConfirmRequest {
+        agreement::ConfirmRequest {
+            index,
+            term,
+            account: account.as_str().to_owned(),
+            digest,
+            wait_ms: u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 impl Records for ReplicatedRecords {
     fn read(&self, account: &AccountId) -> Result<Option<StoredRecord>, Error> {
         let raft = self.raft.clone();
@@ -130,23 +159,14 @@ impl Records for ReplicatedRecords {
             Ok(Err(e)) => return Err(leader_error(&e)),
             Err(_) => return Err(Error::Unavailable("no quorum confirmed leadership in time")),
         }
-        if self.divergence.found() {
-            return Err(Error::Unavailable(
-                "this replica's store diverged from the group",
-            ));
-        }
+        self.refuse_if_diverged()?;
         // An answer read from this store (a Status, an escrow epoch, a
         // refusal) counts only once a majority holds the same record as of
         // the same entry: a store rolled back on this host answers nothing.
         let (record, applied) = storage::record_as_applied(&self.store, account)?;
         let term = self.raft.metrics().borrow().current_term;
-        let req = agreement::ConfirmRequest {
-            index: applied,
-            term,
-            account: account.as_str().to_owned(),
-            digest: agreement::record_digest(account, record.as_ref()),
-            wait_ms: u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX),
-        };
+        let digest = agreement::record_digest(account, record.as_ref());
+        let req = self.confirm_request(applied, term, account, digest);
         self.rt.block_on(agreement::confirm_read(
             &self.raft,
             &self.network,
@@ -164,11 +184,7 @@ impl Records for ReplicatedRecords {
     }
 
     fn commit(&self, cmd: Command) -> Result<ApplyOutcome, Error> {
-        if self.divergence.found() {
-            return Err(Error::Unavailable(
-                "this replica's store diverged from the group",
-            ));
-        }
+        self.refuse_if_diverged()?;
         let raft = self.raft.clone();
         let account = cmd.account().clone();
         let Command::PutRecord { record, .. } = &cmd;
@@ -184,13 +200,12 @@ impl Records for ReplicatedRecords {
                 };
                 if outcome == ApplyOutcome::Applied {
                     // Counts only once a majority holds what it wrote.
-                    let req = agreement::ConfirmRequest {
-                        index: resp.log_id.index,
-                        term: resp.log_id.leader_id.term,
-                        account: account.as_str().to_owned(),
+                    let req = self.confirm_request(
+                        resp.log_id.index,
+                        resp.log_id.leader_id.term,
+                        &account,
                         digest,
-                        wait_ms: u32::try_from(self.timeout.as_millis()).unwrap_or(u32::MAX),
-                    };
+                    );
                     let left = self.timeout.saturating_sub(started.elapsed());
                     self.rt.block_on(agreement::confirm_majority(
                         &self.raft,

@@ -59,15 +59,17 @@ pub fn record_as_applied(
     account: &protocol_spec::ids::AccountId,
 ) -> Result<(Option<StoredRecord>, u64), crate::Error> {
     use redb::ReadableDatabase;
-    let storage = |e: &dyn std::fmt::Display| crate::Error::Storage(e.to_string());
-    let txn = store.db().begin_read().map_err(|e| storage(&e))?;
-    let meta_t = txn.open_table(META).map_err(|e| storage(&e))?;
-    let applied: Option<LogId<NodeId>> = match meta_t.get(APPLIED_KEY).map_err(|e| storage(&e))? {
-        Some(v) => dec(v.value()).map_err(|e| storage(&e))?,
+    fn storage(e: impl std::fmt::Display) -> crate::Error {
+        crate::Error::Storage(e.to_string())
+    }
+    let txn = store.db().begin_read().map_err(storage)?;
+    let meta_t = txn.open_table(META).map_err(storage)?;
+    let applied: Option<LogId<NodeId>> = match meta_t.get(APPLIED_KEY).map_err(storage)? {
+        Some(v) => dec(v.value()).map_err(storage)?,
         None => None,
     };
-    let records_t = txn.open_table(RECORDS).map_err(|e| storage(&e))?;
-    let record = match records_t.get(account.as_str()).map_err(|e| storage(&e))? {
+    let records_t = txn.open_table(RECORDS).map_err(storage)?;
+    let record = match records_t.get(account.as_str()).map_err(storage)? {
         Some(v) => Some(StoredRecord::decode(v.value())?),
         None => None,
     };
