@@ -78,11 +78,20 @@ pub fn write_private(path: &std::path::Path, bytes: &[u8]) {
 }
 
 /// A TCP port free right now on 127.0.0.1 (for servers that must restart on
-/// the same port).
+/// the same port), reserved for this test process until it exits.
 ///
 /// Chosen below the kernel's ephemeral range: a port handed out by
 /// `bind(0)` is also what `connect()` picks as a local port, so under load
 /// an outgoing connection could take it before the server binds it.
+///
+/// A port that is free when checked can still be picked by another test
+/// process (nextest runs each test in its own) before our server binds it:
+/// with a few dozen ports per cluster test that birthday collision failed
+/// about one CI run in twenty ("Address already in use" from a replica's
+/// listener). So every port handed out is also locked, with `flock`, through
+/// a file named after it in a folder all test processes share; the lock
+/// lives as long as this process (the kernel drops it even on kill -9), and a
+/// port another process holds is never handed out here.
 pub fn free_port() -> u16 {
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -93,14 +102,51 @@ pub fn free_port() -> u16 {
     for _ in 0..1000 {
         fill_random(&mut seed);
         let port = lo + u16::from_le_bytes(seed) % (hi - lo);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if reserve_port(port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    panic!(
+        "no free port reservable in {lo}..{hi} after 1000 tries (locks in {})",
+        port_lock_dir().display()
+    );
+}
+
+/// Where the per-port lock files of [`free_port`] live: one folder for every
+/// test process of this machine.
+fn port_lock_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("e2ebk-test-ports")
+}
+
+/// Takes the cross-process lock on `port`; false if another process (or an
+/// earlier call in this one) holds it.
+fn reserve_port(port: u16) -> bool {
+    use std::sync::Mutex;
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = port_lock_dir();
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        panic!("cannot create the port lock folder {}: {e}", dir.display());
+    }
+    let path = dir.join(port.to_string());
+    let file = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => panic!("cannot open the port lock {}: {e}", path.display()),
+    };
+    // A second open file description of the same file conflicts with the
+    // first, so this also refuses a port this process already holds.
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            HELD.lock().unwrap_or_else(|p| p.into_inner()).push(file);
+            true
+        }
+        Err(rustix::io::Errno::WOULDBLOCK) => false,
+        Err(e) => panic!("cannot lock the port lock {}: {e}", path.display()),
+    }
 }
 
 /// A GET on an admin listener; returns (status, body) whatever the status.
@@ -139,4 +185,32 @@ pub fn metric(body: &str, name: &str) -> f64 {
         .filter(|(k, _)| *k == name)
         .filter_map(|(_, v)| v.parse::<f64>().ok())
         .sum()
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    /// Without the locks, a thousand picks from ~22,000 ports repeat one
+    /// almost surely (the birthday bound gives ~22 repeats expected); with
+    /// them, none may.
+    #[test]
+    fn a_port_is_handed_out_once_and_its_lock_is_seen_by_others() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let port = free_port();
+            assert!(seen.insert(port), "port {port} was handed out twice");
+        }
+        // Another process opens the same lock file as a new open file
+        // description, exactly as done here: it must find the lock taken.
+        let port = *seen.iter().next().unwrap();
+        let other = std::fs::OpenOptions::new()
+            .write(true)
+            .open(port_lock_dir().join(port.to_string()))
+            .unwrap();
+        assert_eq!(
+            rustix::fs::flock(&other, rustix::fs::FlockOperation::NonBlockingLockExclusive),
+            Err(rustix::io::Errno::WOULDBLOCK)
+        );
+    }
 }
