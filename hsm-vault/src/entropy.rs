@@ -62,9 +62,11 @@ impl CryptoRng for RngAdapter<'_> {}
 
 /// Deterministic entropy from a seed: unit tests, fuzzing and benchmarks
 /// only (the login benchmark rewinds it to replay the vault's KE2).
+#[cfg(feature = "test-hooks")]
 #[derive(Debug)]
 pub struct SeededEntropy(parking_lot::Mutex<rand_chacha::ChaCha20Rng>);
 
+#[cfg(feature = "test-hooks")]
 impl SeededEntropy {
     pub fn new(seed: u64) -> Self {
         use rand_core::SeedableRng;
@@ -80,6 +82,7 @@ impl SeededEntropy {
     }
 }
 
+#[cfg(feature = "test-hooks")]
 impl Entropy for SeededEntropy {
     fn fill(&self, buf: &mut [u8]) -> Result<(), Error> {
         self.0.lock().fill_bytes(buf);

@@ -171,6 +171,7 @@ impl Initiator {
 
     /// Like the constructors above but with a fixed ephemeral key, to
     /// produce reproducible test vectors. Never use outside tests.
+    #[cfg(feature = "test-vectors")]
     #[doc(hidden)]
     pub fn for_test_vectors(
         channel: Channel,
@@ -271,6 +272,7 @@ impl Responder {
     }
 
     /// Fixed-ephemeral variant for reproducible test vectors only.
+    #[cfg(feature = "test-vectors")]
     #[doc(hidden)]
     pub fn for_test_vectors(
         channel: Channel,
