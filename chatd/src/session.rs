@@ -493,6 +493,11 @@ impl<H> ClientSession<H> {
     }
 
     fn send(&mut self, frame: ServerFrame) {
+        // An ended connection says nothing more: a vault answer or a failed
+        // open that arrives after the end only lets go of its tunnel.
+        if self.finished {
+            return;
+        }
         match self.transport.seal(&frame.encode()) {
             Ok(sealed) => self.actions.push_back(ConnAction::ToClient(sealed)),
             Err(_) => self.finish(Some(CloseCode::InternalError)),

@@ -397,6 +397,28 @@ fn the_device_is_rechecked_and_a_revoked_one_is_closed() {
     assert_eq!(h.drain().finish, Some(Some(CloseCode::InternalError)));
 }
 
+/// Found by the `chatd_session` fuzz target: a failed open or a dead link
+/// reported after the connection ended still sealed a TunnelClose for the
+/// client. After the end only tunnel handles come back, to be closed.
+#[test]
+fn after_the_end_late_vault_outcomes_only_return_handles() {
+    let mut h = harness();
+    h.open(secs(0), 1);
+    h.open(secs(0), 2);
+    h.open(secs(0), 3);
+    assert_eq!(h.drain().opens.len(), 2, "max_tunnels is 2");
+    h.s.on_device_status(DeviceCheck::Status(DeviceStatus::Revoked));
+    assert_eq!(h.drain().finish, Some(Some(CloseCode::DeviceRevoked)));
+    h.s.on_tunnel_opened(TunnelId(1), Err(TunnelCloseCode::VaultUnavailable));
+    h.s.on_vault_send_failed(TunnelId(1));
+    h.s.on_tunnel_opened(TunnelId(2), Ok(20));
+    let mut late = Vec::new();
+    while let Some(a) = h.s.poll_action() {
+        late.push(format!("{a:?}"));
+    }
+    assert_eq!(late, vec!["CloseVaultSide(Normal)".to_owned()]);
+}
+
 #[test]
 fn a_revocation_heard_closes_only_the_connection_it_names() {
     let mine = StaticSecret::from_bytes([1; 32]).public_key();
