@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
         .unwrap()
         .write_first(b"")
         .unwrap();
-    let first = Responder::tunnel(&key, &account).unwrap().read_first(&m1).unwrap();
+    let first = Responder::tunnel(&key, &account)
+        .unwrap()
+        .read_first(&m1)
+        .unwrap();
     let (m2, mut server) = first.state.write_response(b"").unwrap();
     let (_, mut client) = waiting.read_response(&m2).unwrap();
     // The first bytes pick the size limit; the rest is the sealed frame.

@@ -10,7 +10,9 @@ fuzz_target!(|data: &[u8]| {
     let key = StaticSecret::from_bytes([1; 32]);
     let account = AccountId::new("fuzz").unwrap();
     let _ = Responder::client_chatd(&key).unwrap().read_first(data);
-    let _ = Responder::link(&key, &key.public_key()).unwrap().read_first(data);
+    let _ = Responder::link(&key, &key.public_key())
+        .unwrap()
+        .read_first(data);
     let _ = Responder::tunnel(&key, &account).unwrap().read_first(data);
     let (_, waiting) = Initiator::client_chatd(&key, &key.public_key())
         .unwrap()

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use hsm_vault::core::{Now, Platform, Vault, VaultParams, VaultSession};
 use hsm_vault::entropy::SeededEntropy;
-use hsm_vault::state::{MemoryRecords, Records};
-use hsm_vault::state::record::{self, RecordBody, Registration, StoredRecord};
 use hsm_vault::seal::SoftSealer;
+use hsm_vault::state::record::{self, RecordBody, Registration, StoredRecord};
+use hsm_vault::state::{MemoryRecords, Records};
 use libfuzzer_sys::fuzz_target;
 use opaque_ke::{ClientLogin, ClientRegistration, ClientRegistrationFinishParameters, ServerSetup};
 use protocol_spec::ids::{AccountId, FleetId};
@@ -50,7 +50,7 @@ fn params(fleet: &FleetId) -> VaultParams {
         fleet_id: fleet.clone(),
         max_attempts: MAX,
         login_timeout: Duration::from_secs(60),
-    account_limits: hsm_vault::core::limits::AccountLimits::off(),
+        account_limits: hsm_vault::core::limits::AccountLimits::off(),
     }
 }
 
@@ -173,11 +173,19 @@ impl Seen {
                 attempts_remaining, ..
             } => {
                 self.ke2 += 1;
-                assert!(self.ke2 <= MAX, "KE2 number {} with a limit of {MAX}", self.ke2);
+                assert!(
+                    self.ke2 <= MAX,
+                    "KE2 number {} with a limit of {MAX}",
+                    self.ke2
+                );
                 assert_eq!(*attempts_remaining, MAX - self.ke2, "remaining after a KE2");
             }
             VaultResponse::LoginFailed { attempts_remaining } => {
-                assert_eq!(*attempts_remaining, MAX - self.ke2, "remaining after a failure");
+                assert_eq!(
+                    *attempts_remaining,
+                    MAX - self.ke2,
+                    "remaining after a failure"
+                );
             }
             VaultResponse::Status(st) => match st.state {
                 RecordState::Registered => {
@@ -250,8 +258,10 @@ fuzz_target!(|data: &[u8]| {
     let v = vault(t.setup.clone(), &t.fleet, log.clone());
     let bob = AccountId::new("bob").expect("account id");
     let accounts = [t.alice.clone(), t.alice.clone(), bob];
-    let mut sessions: Vec<VaultSession> =
-        accounts.iter().map(|a| VaultSession::new(a.clone())).collect();
+    let mut sessions: Vec<VaultSession> = accounts
+        .iter()
+        .map(|a| VaultSession::new(a.clone()))
+        .collect();
     let mut now = Now::system();
     let mut seen = Seen::default();
     let mut inp = Input(data);
@@ -277,7 +287,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let stored = log.read(&t.alice).expect("read").expect("alice's record kept");
+    let stored = log
+        .read(&t.alice)
+        .expect("read")
+        .expect("alice's record kept");
     match record::unseal(&SoftSealer::new(SEAL_KEY), &t.alice, &stored).expect("unseal") {
         RecordBody::Registered(r) => {
             assert!(

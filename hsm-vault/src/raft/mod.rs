@@ -14,6 +14,8 @@
 
 pub mod agreement;
 pub mod codec;
+#[cfg(feature = "test-hooks")]
+pub mod fuzzing;
 pub mod identity;
 pub mod log_command;
 pub mod network;
