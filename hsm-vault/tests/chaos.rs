@@ -336,6 +336,33 @@ fn seeded_chaos_never_grants_extra_guesses_or_loses_a_registration() {
 // makes. A failure names its seed; `E2EBK_CHAOS_SEED=<seed>
 // E2EBK_CHAOS_SECONDS=8` on the main test replays it.
 
+/// The soak: `ops/soak` runs it (10 minutes unless `E2EBK_SOAK_SECONDS`
+/// says otherwise; `ops/test` runs 2). The chaos run above, longer, with
+/// idle devices connecting all the time, one replica never killed; at the
+/// end chatd's and that replica's open files are back where they started,
+/// their memory did not keep growing (the slopes are printed), and the
+/// three replicas hold identical records.
+#[test]
+#[ignore = "minutes long: run it with ops/soak"]
+fn soak_leaks_nothing_and_every_replica_ends_identical() {
+    let seconds = std::env::var("E2EBK_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let seed = std::env::var("E2EBK_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEED);
+    run(
+        seed,
+        Duration::from_secs(seconds),
+        Some(&Soak {
+            idle_accounts: 8,
+            per_device: 8,
+        }),
+    );
+}
+
 #[test]
 fn chaos_seed_1_short() {
     run_chaos(1, chaos_time(SHORT_CHAOS));
@@ -352,6 +379,24 @@ fn chaos_seed_3_short() {
 }
 
 fn run_chaos(seed: u64, chaos: Duration) {
+    run(seed, chaos, None);
+}
+
+/// What a soak adds to a chaos run: connections that come and go without
+/// asking anything, and measurements of what the long-lived processes hold.
+struct Soak {
+    /// Accounts whose devices only hold connections.
+    idle_accounts: usize,
+    /// Connections each of those devices holds.
+    per_device: usize,
+}
+
+/// The replica a soak never kills (it is only cut off and healed, which
+/// moves it between leader and follower), so its memory and open files
+/// can be followed for the whole run.
+const STEADY: usize = 2;
+
+fn run(seed: u64, chaos: Duration, soak: Option<&Soak>) {
     println!(
         "chaos seed {seed} for {} s (rerun with E2EBK_CHAOS_SEED={seed} E2EBK_CHAOS_SECONDS={})",
         chaos.as_secs(),
@@ -371,9 +416,16 @@ fn run_chaos(seed: u64, chaos: Duration) {
         &cluster.fleet.link_key,
         &cluster.link_addrs(),
         ChatdOptions {
-            extra_limits:
-                "vault_ops_per_minute = 100000\nmessages_per_sec = 10000.0\nmessage_burst = 10000.0"
-                    .into(),
+            // A soak's idle devices reconnect all the time, all from
+            // 127.0.0.1.
+            extra_limits: format!(
+                "vault_ops_per_minute = 100000\nmessages_per_sec = 10000.0\nmessage_burst = 10000.0{}",
+                if soak.is_some() {
+                    "\nhandshakes_per_ip_per_sec = 10000.0\nhandshake_burst = 10000.0\nmax_connections_per_account = 64"
+                } else {
+                    ""
+                }
+            ),
             ..Default::default()
         },
     );
@@ -423,6 +475,41 @@ fn run_chaos(seed: u64, chaos: Duration) {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    // A soak: the idle devices, the first measurement, the sampler.
+    let soaking = soak.map(|soak| {
+        let before = Usage::of(chatd_proc.pid());
+        let steady_before = Usage::of(cluster.procs[STEADY].as_ref().expect("steady").pid());
+        let devices: Vec<(Endpoint, StaticSecret, EnrolmentCode)> = (0..soak.idle_accounts)
+            .map(|i| {
+                let name = format!("idle{i}");
+                let mut b = [0u8; 32];
+                testkit::fill_random(&mut b);
+                let ep = Endpoint {
+                    url: chatd_proc.url(),
+                    chatd_key: chatd.static_key,
+                    account: AccountId::new(&name).unwrap(),
+                };
+                let code = EnrolmentCode::new(chatd.invite(&name)).unwrap();
+                (ep, StaticSecret::from_bytes(b), code)
+            })
+            .collect();
+        let idle = rt.spawn(hold_idle(devices, soak.per_device, stop.clone()));
+        let pids = [
+            chatd_proc.pid(),
+            cluster.procs[STEADY].as_ref().expect("steady").pid(),
+        ];
+        let sampling = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut samples = Vec::new();
+            while !sampling.load(Ordering::SeqCst) {
+                samples.push((started.elapsed(), pids.map(Usage::of)));
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            samples
+        });
+        (before, steady_before, idle, sampler)
+    });
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
@@ -438,14 +525,17 @@ fn run_chaos(seed: u64, chaos: Duration) {
         std::thread::sleep(Duration::from_millis(pick(&mut rng, 300..1200)));
         let i = pick(&mut rng, 0..3) as usize;
         let action = match pick(&mut rng, 0..5) {
-            0 => {
-                if let Some(l) = cluster.leader() {
+            0 => match cluster.leader() {
+                Some(l) if soak.is_some() && l == STEADY => {
+                    "the leader is the steady replica".into()
+                }
+                Some(l) => {
                     cluster.kill9(l);
                     format!("kill leader {}", l + 1)
-                } else {
-                    "no leader to kill".into()
                 }
-            }
+                None => "no leader to kill".into(),
+            },
+            1 if soak.is_some() && i == STEADY => "the steady replica stays".into(),
             1 => {
                 cluster.kill9(i);
                 format!("kill {}", i + 1)
@@ -529,5 +619,188 @@ fn run_chaos(seed: u64, chaos: Duration) {
         );
     }
     assert!(total_ke2 > 0, "the run exercised no logins");
+    if let Some((before, steady_before, idle, sampler)) = soaking {
+        let made = rt.block_on(idle).expect("idle task");
+        let samples = sampler.join().expect("sampler");
+        // Settle: connections closed, links to the healed group re-made.
+        std::thread::sleep(Duration::from_secs(3));
+        let after = Usage::of(chatd_proc.pid());
+        let steady_after = Usage::of(cluster.procs[STEADY].as_ref().expect("steady").pid());
+        println!(
+            "soak: {made} idle connections made and dropped, {} samples",
+            samples.len()
+        );
+        for (k, (name, b, a)) in [
+            ("chatd", before, after),
+            ("steady replica", steady_before, steady_after),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let series: Vec<(f64, f64, f64)> = samples
+                .iter()
+                .map(|(t, u)| (t.as_secs_f64() / 60.0, u[k].rss_kib as f64, u[k].fds as f64))
+                .collect();
+            // Past the first fifth: warming up is not leaking.
+            let warm = &series[series.len() / 5..];
+            let rss_slope = slope(warm.iter().map(|(t, r, _)| (*t, *r)));
+            let fd_slope = slope(warm.iter().map(|(t, _, f)| (*t, *f)));
+            println!(
+                "soak: {name}: RSS {} KiB -> {} KiB ({rss_slope:+.0} KiB/min), open files {} -> {} ({fd_slope:+.2}/min)",
+                b.rss_kib, a.rss_kib, b.fds, a.fds
+            );
+            assert!(
+                a.fds <= b.fds + 8,
+                "{name} holds {} open files after the soak, {} before: a leak",
+                a.fds,
+                b.fds
+            );
+            let quarter = series[series.len() / 4].1 as u64;
+            assert!(
+                a.rss_kib <= 2 * quarter.max(b.rss_kib) + 32 * 1024,
+                "{name}'s memory kept growing: {} KiB at a quarter of the run, {} KiB at the end",
+                quarter,
+                a.rss_kib
+            );
+        }
+        drop(chatd_proc);
+        assert_replicas_identical(&mut cluster);
+        return;
+    }
     drop(chatd_proc);
+}
+
+/// What a process holds: resident memory and open files (from /proc).
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    rss_kib: u64,
+    fds: u64,
+}
+
+impl Usage {
+    fn of(pid: u32) -> Usage {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64);
+        Usage { rss_kib, fds }
+    }
+}
+
+/// The least-squares slope of `points`, per unit of their first value.
+fn slope(points: impl Iterator<Item = (f64, f64)>) -> f64 {
+    let p: Vec<(f64, f64)> = points.collect();
+    let n = p.len() as f64;
+    if p.len() < 2 {
+        return 0.0;
+    }
+    let (mx, my) = (
+        p.iter().map(|q| q.0).sum::<f64>() / n,
+        p.iter().map(|q| q.1).sum::<f64>() / n,
+    );
+    let var: f64 = p.iter().map(|q| (q.0 - mx).powi(2)).sum();
+    if var == 0.0 {
+        return 0.0;
+    }
+    p.iter().map(|q| (q.0 - mx) * (q.1 - my)).sum::<f64>() / var
+}
+
+/// Devices that connect and hold connections without asking anything,
+/// each replaced in turn (about every ten seconds), until `stop`. Returns
+/// how many connections were made.
+async fn hold_idle(
+    devices: Vec<(Endpoint, StaticSecret, EnrolmentCode)>,
+    per_device: usize,
+    stop: Arc<AtomicBool>,
+) -> usize {
+    let mut held: Vec<Option<Connection>> = Vec::new();
+    let mut made = 0;
+    for (ep, device, code) in &devices {
+        let first = Connection::connect(ep, device, Some(code.clone()))
+            .await
+            .ok();
+        made += usize::from(first.is_some());
+        held.push(first);
+        for _ in 1..per_device {
+            held.push(None);
+        }
+    }
+    let slots = held.len().max(1);
+    let mut next = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let (ep, device, _) = &devices[(next / per_device) % devices.len()];
+        if let Some(old) = held[next].take() {
+            old.close().await;
+        }
+        held[next] = Connection::connect(ep, device, None).await.ok();
+        made += usize::from(held[next].is_some());
+        next = (next + 1) % slots;
+        tokio::time::sleep(Duration::from_millis(10_000 / slots as u64)).await;
+    }
+    for c in held.into_iter().flatten() {
+        c.close().await;
+    }
+    made
+}
+
+/// Once every replica has applied the same entries, stops them and
+/// compares their stores record by record.
+fn assert_replicas_identical(cluster: &mut VaultCluster) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let applied: Vec<Option<u64>> = (0..3)
+            .map(|i| {
+                cluster
+                    .status(i)
+                    .and_then(|s| s["last_applied_index"].as_u64())
+            })
+            .collect();
+        if applied[0].is_some() && applied.iter().all(|a| *a == applied[0]) {
+            println!("soak: every replica applied up to {:?}", applied[0]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas did not converge: applied {applied:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for i in 0..3 {
+        cluster.signal(i, 15);
+    }
+    for p in cluster.procs.iter_mut().flatten() {
+        p.wait_exit(Duration::from_secs(20));
+    }
+    let stores: Vec<Vec<(String, hsm_vault::state::StoredRecord)>> = (0..3)
+        .map(|i| {
+            hsm_vault::state::store::RecordStore::open(&cluster.store_path(i))
+                .unwrap()
+                .all()
+                .unwrap()
+        })
+        .collect();
+    for i in 1..3 {
+        assert_eq!(
+            stores[i].len(),
+            stores[0].len(),
+            "replica {} holds {} records, replica 1 {}",
+            i + 1,
+            stores[i].len(),
+            stores[0].len()
+        );
+        for ((a, ra), (b, rb)) in stores[0].iter().zip(&stores[i]) {
+            assert!(
+                a == b && ra.version == rb.version && ra.sealed == rb.sealed,
+                "replica {} differs from replica 1 at {a} / {b}",
+                i + 1
+            );
+        }
+    }
+    println!(
+        "soak: the three replicas hold the same {} records",
+        stores[0].len()
+    );
 }
