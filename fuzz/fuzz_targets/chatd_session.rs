@@ -22,6 +22,7 @@ use chatd::directory::DeviceStatus;
 use chatd::revocations::RevocationEvent;
 use chatd::session::{ClientSession, ConnAction, DeviceCheck, Inbound, OpBudget, SessionLimits};
 use chatd::vault_link::ConnEvent;
+use e2ebk_fuzz::Input;
 use libfuzzer_sys::fuzz_target;
 use protocol_spec::codes::TunnelCloseCode;
 use protocol_spec::ids::{AccountId, TunnelId};
@@ -39,23 +40,6 @@ impl OpBudget for Budget {
         let n = self.0.get();
         self.0.set(n.saturating_sub(1));
         n > 0
-    }
-}
-
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(*b)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let n = n.min(self.0.len());
-        let (b, rest) = self.0.split_at(n);
-        self.0 = rest;
-        b.to_vec()
     }
 }
 

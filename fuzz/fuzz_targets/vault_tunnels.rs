@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use e2ebk_fuzz::Input;
 use hsm_vault::server::tunnels::{
     Action, Job, JobDone, Reply, TableSettings, TunnelState, TunnelTable,
 };
@@ -45,23 +46,6 @@ impl Drop for Fake {
 impl TunnelState for Fake {
     fn login_deadline(&self) -> Option<Instant> {
         self.deadline
-    }
-}
-
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(*b)
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let n = n.min(self.0.len());
-        let (b, rest) = self.0.split_at(n);
-        self.0 = rest;
-        b.to_vec()
     }
 }
 
