@@ -280,16 +280,22 @@ async fn login(c: &mut Client, led: &mut Ledger, right: bool) {
 }
 
 async fn status(c: &mut Client, led: &mut Ledger) -> Option<(RecordState, u32)> {
-    let mut t = c.tunnel().await.ok()?;
-    let r = c.request(&mut t, &VaultRequest::Status).await.ok();
+    status_or_why(c, led).await.ok()
+}
+
+/// A status request, or what stopped it (for the message of a failed run).
+async fn status_or_why(c: &mut Client, led: &mut Ledger) -> Result<(RecordState, u32), String> {
+    let mut t = c.tunnel().await.map_err(|e| format!("tunnel: {e}"))?;
+    let r = c.request(&mut t, &VaultRequest::Status).await;
     c.close(t).await;
-    let st = vault_flow::status_from(&r?).ok()?;
+    let r = r.map_err(|e| format!("request: {e}"))?;
+    let st = vault_flow::status_from(&r).map_err(|e| format!("answer {r:?}: {e}"))?;
     led.on_status(st.attempts_remaining, st.state);
     if st.state == RecordState::Locked && !led.locked {
         led.locked = true;
         led.registered_since_lock = false;
     }
-    Some((st.state, st.attempts_remaining))
+    Ok((st.state, st.attempts_remaining))
 }
 
 async fn run_client(
@@ -592,14 +598,37 @@ fn run(seed: u64, chaos: Duration, soak: Option<&Soak>) {
         // the record was legitimately erased.
         let deadline = Instant::now() + Duration::from_secs(30);
         let (state, _) = loop {
-            if let Some(s) = rt.block_on(status(&mut c, &mut led)) {
-                break s;
+            let why = match rt.block_on(status_or_why(&mut c, &mut led)) {
+                Ok(s) => break s,
+                Err(why) => why,
+            };
+            if Instant::now() >= deadline {
+                let replicas: Vec<String> = (0..3)
+                    .map(|i| match cluster.status(i) {
+                        Some(s) => format!(
+                            "replica {}: {} term {} leader {} applied {} quorum ack {} ms ago",
+                            i + 1,
+                            s["state"],
+                            s["term"],
+                            s["leader"],
+                            s["last_applied_index"],
+                            s["millis_since_quorum_ack"]
+                        ),
+                        None => format!("replica {}: no status", i + 1),
+                    })
+                    .collect();
+                let tail = |log: String| {
+                    let lines: Vec<&str> = log.lines().collect();
+                    lines[lines.len().saturating_sub(15)..].join("\n")
+                };
+                panic!(
+                    "{}: no status 30 s after healing; last: {why}\n{}\nchatd log:\n{}\nleader's log:\n{}",
+                    led.account,
+                    replicas.join("\n"),
+                    tail(chatd_proc.log()),
+                    tail(cluster.leader().map_or_else(String::new, |l| cluster.log(l)))
+                );
             }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no status after healing",
-                led.account
-            );
             std::thread::sleep(Duration::from_millis(200));
         };
         if led.acknowledged {
