@@ -836,3 +836,43 @@ fn a_stuck_membership_change_is_reported_and_recovered_by_the_documented_command
         "the right password reset the count before the new replica joined"
     );
 }
+
+/// A follower that is merely slow is never taken for one whose store
+/// diverged. Behind a slow link it applies several commits of one account
+/// at once, after the leader asked it to confirm the first of them; its
+/// record is then the later one, which says nothing about its store. Told
+/// it had diverged, it used to stop serving for good, and once elected it
+/// held the group as a leader that answers nothing (found by the soak).
+#[test]
+fn a_slow_follower_is_never_taken_for_a_diverged_one() {
+    let c = three();
+    let leader = c.wait_serving(Duration::from_secs(20));
+    let a = account("busy");
+    register(&mut connect(&c, leader), &c.fleet, &a, b"pw", &key(6));
+    let slow = (leader + 1) % 3;
+    c.delay(slow, Duration::from_millis(150));
+    // Counted attempts on one account, back to back: each commits with the
+    // leader and the fast follower, while the slow one is asked about each
+    // after it may already hold the next.
+    let mut link = connect(&c, leader);
+    for n in 0..4 {
+        let got = login_start_only(&mut link, &c.fleet, &a);
+        assert!(
+            matches!(got, Ok(VaultResponse::LoginStarted { .. })),
+            "attempt {n}: {got:?}"
+        );
+    }
+    c.delay(slow, Duration::ZERO);
+    // Let every late answer arrive.
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..3 {
+        let log = c.log(i);
+        assert!(
+            !log.contains("diverged") && !log.contains("rolled back"),
+            "replica {} was taken for a diverged one:\n{log}",
+            i + 1
+        );
+        let (code, body) = testkit::http_get(c.replicas[i].admin_addr, "/readyz");
+        assert_eq!(code, 200, "replica {}: {body}", i + 1);
+    }
+}

@@ -331,6 +331,13 @@ impl VaultCluster {
         }
     }
 
+    /// Slows every connection *to* replica `i`'s Raft listener (what the
+    /// leader sends it and its answers) by `one_way` each way; connections
+    /// it opens itself go through the others' proxies, undelayed.
+    pub fn delay(&self, i: usize, one_way: Duration) {
+        self.replicas[i].proxy.set_delay(one_way);
+    }
+
     /// The store file of replica `i` (for inspecting what it holds).
     pub fn store_path(&self, i: usize) -> PathBuf {
         self.replicas[i].dir.join("data/vault.redb")

@@ -16,8 +16,18 @@
 //! group hold a *different* record while this replica is still the leader of
 //! the same term (no other leader can have written meanwhile), this
 //! replica's store is the one that diverged: it reports it, stops serving
-//! and shuts its Raft node down. A minority that differs is told so and
-//! reports its own divergence.
+//! and shuts its Raft node down. A minority that differs is told so,
+//! reports its own divergence and shuts its Raft node down too (a replica
+//! that serves nothing must not be elected and hold the group).
+//!
+//! A voter compares only a record the asked entry can still account for:
+//! one that no later entry wrote ([`RecentWrites`]). A slow voter applies
+//! several commits of one account at once, after the leader asked about
+//! the first; its record is then the later one, which says nothing about
+//! its store, and it answers [`ConfirmAnswer::Later`].
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -76,6 +86,84 @@ pub enum ConfirmAnswer {
     Differs,
     /// Has not applied `index` in time.
     NotYet,
+    /// Has applied a later entry that wrote this account (or cannot tell
+    /// whether it did: after a restart or a snapshot), so its record is no
+    /// longer the one `index` wrote. Counts neither way.
+    Later,
+}
+
+/// How many applied writes [`RecentWrites`] remembers (16 bytes each).
+const RECENT_WRITES: usize = 1 << 18;
+
+/// Which accounts the entries this replica applied lately wrote, by log
+/// index, so a voter asked about entry `i` can tell whether a later entry
+/// changed the account since. Kept in memory: after a restart, a snapshot
+/// or once older writes are forgotten, it answers "may have" for entries
+/// older than what it knows ([`ConfirmAnswer::Later`], never a false
+/// `Differs`).
+#[derive(Debug, Default)]
+pub struct RecentWrites {
+    inner: Mutex<Writes>,
+}
+
+#[derive(Debug, Default)]
+struct Writes {
+    /// Writes at or below this index may be missing from `writes`; `None`
+    /// until the first entry is applied in this process.
+    floor: Option<u64>,
+    /// (log index, hash of the account), oldest first.
+    writes: VecDeque<(u64, u64)>,
+    hasher: RandomState,
+}
+
+impl RecentWrites {
+    /// Notes that entry `index` wrote `account`'s record. Called in log
+    /// order, before the write becomes visible in the store.
+    pub fn note(&self, index: u64, account: &AccountId) {
+        let mut w = self.inner.lock();
+        if w.floor.is_none() {
+            w.floor = Some(index.saturating_sub(1));
+        }
+        let h = w.hasher.hash_one(account.as_str());
+        if w.writes.len() >= RECENT_WRITES {
+            if let Some((old, _)) = w.writes.pop_front() {
+                w.floor = w.floor.max(Some(old));
+            }
+        }
+        w.writes.push_back((index, h));
+    }
+
+    /// This process starts from a store applied through `index`: writes up
+    /// to it are not known (a no-op once anything is).
+    pub fn start_from(&self, index: u64) {
+        let mut w = self.inner.lock();
+        if w.floor.is_none() {
+            w.floor = Some(index);
+        }
+    }
+
+    /// A snapshot through `index` replaced the store: nothing older is known.
+    pub fn reset(&self, index: u64) {
+        let mut w = self.inner.lock();
+        w.writes.clear();
+        w.floor = Some(w.floor.map_or(index, |f| f.max(index)));
+    }
+
+    /// Whether an entry after `index` wrote (or may have written)
+    /// `account`'s record.
+    pub fn written_after(&self, account: &AccountId, index: u64) -> bool {
+        let w = self.inner.lock();
+        match w.floor {
+            Some(floor) if index >= floor => {}
+            _ => return true,
+        }
+        let h = w.hasher.hash_one(account.as_str());
+        w.writes
+            .iter()
+            .rev()
+            .take_while(|(i, _)| *i > index)
+            .any(|(_, x)| *x == h)
+    }
 }
 
 /// Whether this replica's store was found to disagree with its group.
@@ -111,6 +199,7 @@ impl Divergence {
 pub async fn answer(
     raft: &Raft<VaultRaft>,
     store: &Arc<RecordStore>,
+    recent: &RecentWrites,
     req: &ConfirmRequest,
     wait: Duration,
 ) -> ConfirmAnswer {
@@ -130,6 +219,11 @@ pub async fn answer(
     let Ok(Ok(record)) = record else {
         return ConfirmAnswer::NotYet;
     };
+    // Checked after the read: a later write the read saw was noted before
+    // it reached the store.
+    if recent.written_after(&account, req.index) {
+        return ConfirmAnswer::Later;
+    }
     if record_digest(&account, record.as_ref()) == req.digest {
         ConfirmAnswer::Same
     } else {
@@ -195,7 +289,7 @@ async fn poll(
         match answer {
             ConfirmAnswer::Same => same += 1,
             ConfirmAnswer::Differs => differs.push(id),
-            ConfirmAnswer::NotYet => {}
+            ConfirmAnswer::NotYet | ConfirmAnswer::Later => {}
         }
     }
     Some(Poll {
@@ -355,5 +449,49 @@ mod tests {
             record_digest(&a, Some(&r1)),
             record_digest(&a, Some(&r1.clone()))
         );
+    }
+
+    #[test]
+    fn recent_writes_tell_a_later_write_and_never_claim_to_know_too_much() {
+        let (a, b) = (AccountId::new("a").unwrap(), AccountId::new("b").unwrap());
+        let w = RecentWrites::default();
+        // Before anything is applied in this process nothing is known.
+        assert!(w.written_after(&a, 0));
+        w.note(10, &a);
+        w.note(11, &b);
+        w.note(12, &a);
+        assert!(w.written_after(&a, 10), "entry 12 wrote a after 10");
+        assert!(w.written_after(&a, 11));
+        assert!(!w.written_after(&a, 12));
+        assert!(!w.written_after(&b, 11));
+        assert!(w.written_after(&b, 10), "entry 11 wrote b after 10");
+        // Before the first entry applied here (10), nothing is known.
+        let c = AccountId::new("c").unwrap();
+        assert!(w.written_after(&c, 8));
+        assert!(!w.written_after(&c, 9));
+        w.start_from(5); // known better already: no effect
+        assert!(w.written_after(&c, 8));
+        // A snapshot through 20 replaced everything below it.
+        w.reset(20);
+        assert!(w.written_after(&b, 19));
+        assert!(!w.written_after(&b, 20));
+        w.note(21, &b);
+        assert!(w.written_after(&b, 20));
+    }
+
+    #[test]
+    fn recent_writes_forget_the_oldest_and_say_so() {
+        let (a, b) = (AccountId::new("a").unwrap(), AccountId::new("b").unwrap());
+        let w = RecentWrites::default();
+        w.start_from(0);
+        assert!(!w.written_after(&a, 0), "a fresh store: nothing written");
+        w.note(1, &a);
+        for i in 2..=(RECENT_WRITES as u64 + 1) {
+            w.note(i, &b);
+        }
+        // The write of a at 1 is forgotten: asked about entry 0, "may have".
+        assert!(w.written_after(&a, 0));
+        assert!(!w.written_after(&a, 1));
+        assert_eq!(w.inner.lock().writes.len(), RECENT_WRITES);
     }
 }

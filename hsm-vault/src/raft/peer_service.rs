@@ -16,7 +16,7 @@ use service_kit::slots::AddressSlots;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use super::agreement::{self, Divergence};
+use super::agreement::{self, Divergence, RecentWrites};
 use super::codec;
 use super::identity::{PeerHello, PeerIdentity, WarnOnce};
 use super::network::{
@@ -33,6 +33,9 @@ use crate::state::RecordStore;
 pub struct PeerService {
     pub raft: Raft<VaultRaft>,
     pub store: Arc<RecordStore>,
+    /// Which accounts recent entries wrote (a record from a later entry
+    /// is no evidence either way).
+    pub recent: Arc<RecentWrites>,
     pub divergence: Arc<Divergence>,
     pub key: Arc<StaticSecret>,
     pub identity: Arc<PeerIdentity>,
@@ -175,7 +178,9 @@ async fn serve_peer(
             }
             PeerRequest::Confirm(r) => {
                 let wait = Duration::from_millis(r.wait_ms.into()).min(MAX_CONFIRM_WAIT);
-                PeerResponse::Confirm(agreement::answer(raft, &svc.store, &r, wait).await)
+                PeerResponse::Confirm(
+                    agreement::answer(raft, &svc.store, &svc.recent, &r, wait).await,
+                )
             }
             PeerRequest::Diverged(r) => {
                 // Only the leader speaks for the majority; anyone else
@@ -192,6 +197,12 @@ async fn serve_peer(
                             r.account, r.index
                         ),
                     );
+                    // A replica that serves nothing must not be elected:
+                    // leading, it would hold the group without answering.
+                    let raft = raft.clone();
+                    tokio::spawn(async move {
+                        let _ = raft.shutdown().await;
+                    });
                 }
                 PeerResponse::Noted
             }

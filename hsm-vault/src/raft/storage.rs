@@ -22,6 +22,7 @@ use openraft::{
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use super::agreement::RecentWrites;
 use super::log_command::LogCommand;
 use super::peer_keys::{PeerKeyTable, PeerKeys};
 use super::{codec, CommandOutcome, VaultNode, VaultRaft};
@@ -343,6 +344,8 @@ struct StoredSnapshot {
 pub struct RecordStateMachine {
     store: Arc<RecordStore>,
     keys: Arc<PeerKeys>,
+    /// Which accounts recent entries wrote, for confirmations.
+    recent: Arc<RecentWrites>,
 }
 
 impl std::fmt::Debug for RecordStateMachine {
@@ -353,7 +356,17 @@ impl std::fmt::Debug for RecordStateMachine {
 
 impl RecordStateMachine {
     pub fn new(store: Arc<RecordStore>, keys: Arc<PeerKeys>) -> Self {
-        RecordStateMachine { store, keys }
+        RecordStateMachine {
+            store,
+            keys,
+            recent: Arc::default(),
+        }
+    }
+
+    /// What the peer service needs to answer confirmations
+    /// ([`super::agreement::answer`]).
+    pub fn recent_writes(&self) -> Arc<RecentWrites> {
+        self.recent.clone()
     }
 
     fn build(&self) -> Result<StoredSnapshot, SErr> {
@@ -442,9 +455,12 @@ impl RaftStateMachine<VaultRaft> for RecordStateMachine {
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, VaultNode>), SErr> {
         let db = self.store.db().clone();
+        let recent = self.recent.clone();
         blocking(move || {
             let applied = meta_get::<Option<LogId<NodeId>>>(&db, APPLIED_KEY)?.flatten();
             let membership = meta_get(&db, MEMBERSHIP_KEY)?.unwrap_or_default();
+            // openraft asks at start: what this process applies comes after.
+            recent.start_from(applied.map_or(0, |l| l.index));
             Ok((applied, membership))
         })
         .await
@@ -458,6 +474,7 @@ impl RaftStateMachine<VaultRaft> for RecordStateMachine {
         let entries: Vec<Entry<VaultRaft>> = entries.into_iter().collect();
         let db = self.store.db().clone();
         let live = self.keys.clone();
+        let recent = self.recent.clone();
         blocking(move || {
             let txn = db.begin_write().map_err(io_err)?;
             let mut out = Vec::with_capacity(entries.len());
@@ -470,6 +487,10 @@ impl RaftStateMachine<VaultRaft> for RecordStateMachine {
                 match &e.payload {
                     EntryPayload::Blank => out.push(CommandOutcome::Nothing),
                     EntryPayload::Normal(LogCommand::Record(cmd)) => {
+                        // Noted before the write is visible (a conflict
+                        // writes nothing; noting it only makes a
+                        // confirmation say "later" more often).
+                        recent.note(e.log_id.index, cmd.account());
                         let outcome = apply_in(&txn, cmd).map_err(io_err)?;
                         out.push(CommandOutcome::Record(outcome));
                     }
@@ -537,6 +558,7 @@ impl RaftStateMachine<VaultRaft> for RecordStateMachine {
         let meta = meta.clone();
         let data = snapshot.into_inner();
         let live = self.keys.clone();
+        let recent = self.recent.clone();
         blocking(move || {
             let (body, keys) = decode_snapshot(&data)?;
             // Check every record parses before replacing anything.
@@ -567,6 +589,8 @@ impl RaftStateMachine<VaultRaft> for RecordStateMachine {
                         log.retain_in(..=last.index, |_, _| false).map_err(io_err)?;
                     }
                 }
+                // Before the records become visible, as for an entry.
+                recent.reset(meta.last_log_id.map_or(0, |l| l.index));
                 m.insert(APPLIED_KEY, enc(&meta.last_log_id)?.as_slice()).map_err(io_err)?;
                 m.insert(MEMBERSHIP_KEY, enc(&meta.last_membership)?.as_slice()).map_err(io_err)?;
                 m.insert(PEER_KEYS_KEY, enc(&keys)?.as_slice()).map_err(io_err)?;

@@ -325,6 +325,7 @@ async fn join_group(
         &opened.store,
     )?));
     let state_machine = storage::RecordStateMachine::new(opened.store.clone(), peer_keys.clone());
+    let recent_writes = state_machine.recent_writes();
     let identity = raft::identity::PeerIdentity::load(node_id, &opened.store)?;
     let node_signer = {
         let (store, hsm) = (opened.store.clone(), opened.hsm.clone());
@@ -358,6 +359,7 @@ async fn join_group(
         peer_service::PeerService {
             raft: raft.clone(),
             store: opened.store.clone(),
+            recent: recent_writes,
             divergence: divergence.clone(),
             key: Arc::new(opened.secrets.peer_key.clone()),
             identity: identity.clone(),
