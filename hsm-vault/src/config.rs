@@ -247,6 +247,7 @@ impl VaultConfig {
                 "SO_PIN",
                 "CONFIG",
                 "FAILPOINT",
+                "TEST_DISK_FAULTS",
                 "OPERATOR_KEY_FILE",
                 "FLEET_CONTROL_KEY",
             ],

@@ -55,6 +55,15 @@ pub enum Error {
     /// This replica is not the leader.
     #[error("this replica is not the leader")]
     NotLeader { leader_hint: Option<String> },
+    /// The store's disk failed (a write, resize or fsync): the vault stops
+    /// rather than go on ([`crate::state::disk`]). The binary exits with
+    /// [`crate::state::disk::EXIT_DISK_FAILED`].
+    #[error(
+        "{0}; the vault stopped so that nothing is answered from a write that may not be \
+         durable. Fix the disk (free space, or replace it) and start the vault again: it reopens \
+         the store from what is durable, and as a replica catches up from its group"
+    )]
+    DiskFailed(String),
     /// The operating system's random generator failed. Not retryable: a
     /// process that cannot draw random numbers must not go on.
     #[error("no randomness from the operating system: {0}")]
@@ -103,6 +112,7 @@ impl Error {
             Error::FleetParams(_) => "fleet_params",
             Error::Store { .. } => "store",
             Error::Storage(_) => "storage",
+            Error::DiskFailed(_) => "disk_failed",
             Error::Corrupt(_) => "corrupt",
             Error::Unavailable(_) => "unavailable",
             Error::NotLeader { .. } => "not_leader",

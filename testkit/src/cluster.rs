@@ -181,8 +181,30 @@ impl VaultCluster {
     }
 
     pub fn start(&mut self, i: usize) {
+        self.start_with(i, &[]);
+    }
+
+    /// Like [`VaultCluster::start`] with extra environment variables (a
+    /// fail point, a disk-fault file).
+    pub fn start_with(&mut self, i: usize, env: &[(&str, &str)]) {
         assert!(self.procs[i].is_none(), "replica {} already running", i + 1);
-        self.procs[i] = Some(spawn_process(self.cmd(i), &self.replicas[i].dir));
+        let mut cmd = self.cmd(i);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.procs[i] = Some(spawn_process(cmd, &self.replicas[i].dir));
+    }
+
+    /// Waits for replica `i`'s process to exit by itself; its status.
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = self.procs[i].as_mut()?.wait_exit(timeout)?;
+        Some(status)
+    }
+
+    /// Forgets replica `i`'s exited process (so it can be started again),
+    /// returning its log.
+    pub fn reap(&mut self, i: usize) -> String {
+        self.procs[i].take().map(|p| p.log()).unwrap_or_default()
     }
 
     pub fn start_all(&mut self) {

@@ -34,6 +34,7 @@ use crate::hsm::Hsm;
 use crate::raft::role::{self, Role};
 use crate::raft::{self, network, peer_service, storage, VaultRaft};
 use crate::secrets::FleetSecrets;
+use crate::state::disk::DiskHealth;
 use crate::state::{LocalRecords, RecordStore, Records};
 use crate::Error;
 use jobs::JobContext;
@@ -82,6 +83,8 @@ pub struct Replica {
     metrics: PrometheusHandle,
     link: TcpListener,
     admin: TcpListener,
+    /// Whether the store's disk failed (the replica then stops).
+    disk: Arc<DiskHealth>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -164,6 +167,7 @@ impl Replica {
             },
         );
         Ok(Replica {
+            disk: opened.store.disk().clone(),
             vault: Arc::new(with_failpoint_from_env(vault)?),
             secrets: opened.secrets,
             cfg,
@@ -188,7 +192,9 @@ impl Replica {
             metrics,
             link,
             admin,
+            disk,
         } = self;
+        let shutdown = stop_when_the_disk_fails(shutdown, disk.clone(), health.clone());
         let local =
             |l: &TcpListener, what: &'static str| l.local_addr().map_err(|e| Error::io(what, e));
         let link_addr = local(&link, "link listener")?;
@@ -268,9 +274,47 @@ impl Replica {
             let _ = raft.shutdown().await;
         }
         drop(commits);
+        if let Some(what) = disk.failure() {
+            return Err(Error::DiskFailed(what));
+        }
         tracing::info!("vault stopped");
         Ok(())
     }
+}
+
+/// The shutdown the listeners follow: the operator's, or a fast one as
+/// soon as the store's disk fails (readiness goes false first). Nothing
+/// more is answered after a failed write: redb refuses every operation
+/// after one, and the commit that failed has returned its error.
+fn stop_when_the_disk_fails(
+    mut outer: watch::Receiver<Shutdown>,
+    disk: Arc<DiskHealth>,
+    health: Arc<Health>,
+) -> watch::Receiver<Shutdown> {
+    let (tx, rx) = watch::channel(*outer.borrow());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = outer.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = *outer.borrow_and_update();
+                    let _ = tx.send(now);
+                }
+                what = disk.failed() => {
+                    health.set_not_ready("the store's disk failed");
+                    tracing::error!(
+                        "{what}: stopping (exit status {}); start the vault again once the disk works",
+                        crate::state::disk::EXIT_DISK_FAILED
+                    );
+                    let _ = tx.send(Shutdown::Fast);
+                    return;
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// What joining a Raft group produced.

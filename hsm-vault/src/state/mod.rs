@@ -19,10 +19,14 @@
 //! - [`records`]: [`records::Records`], the storage world as the core
 //!   sees it (a linearizable read, a durable commit), with the single-node
 //!   implementation [`records::LocalRecords`].
+//! - [`disk`]: [`disk::StoreFile`], the store's file as redb sees it,
+//!   which notices a failed write or fsync so the server stops
+//!   ([`disk::DiskHealth`]).
 //! - [`memory`]: [`memory::MemoryRecords`], an in-memory implementation for
 //!   unit tests and fuzzing.
 
 pub mod command;
+pub mod disk;
 pub mod memory;
 pub mod record;
 pub mod records;

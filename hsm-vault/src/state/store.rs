@@ -14,6 +14,7 @@ use redb::{
 };
 
 use super::command::{ApplyOutcome, Command};
+use super::disk::{self, DiskHealth, StoreFile};
 use super::record::StoredRecord;
 use crate::Error;
 
@@ -28,6 +29,7 @@ const STORE_FORMAT: &[u8] = b"e2ebk-vault-store v1";
 pub struct RecordStore {
     db: std::sync::Arc<Database>,
     path: PathBuf,
+    disk: std::sync::Arc<DiskHealth>,
 }
 
 impl std::fmt::Debug for RecordStore {
@@ -53,7 +55,20 @@ impl RecordStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| store_err(format!("cannot create its folder: {e}")))?;
         }
-        let db = Database::create(path).map_err(|e| store_err(e.to_string()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| store_err(e.to_string()))?;
+        let health = std::sync::Arc::<DiskHealth>::default();
+        let faults = disk::faults_from_env().map_err(store_err)?;
+        let backend =
+            StoreFile::new(file, health.clone(), faults).map_err(|e| store_err(e.to_string()))?;
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|e| store_err(e.to_string()))?;
         let txn = db.begin_write().map_err(|e| store_err(e.to_string()))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| store_err(e.to_string()))?;
@@ -78,11 +93,17 @@ impl RecordStore {
         Ok(RecordStore {
             db: std::sync::Arc::new(db),
             path: path.to_path_buf(),
+            disk: health,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the store's disk has failed ([`disk`]).
+    pub fn disk(&self) -> &std::sync::Arc<DiskHealth> {
+        &self.disk
     }
 
     /// Ties the store to how it is served: `standalone`, or `raft node N`.

@@ -100,7 +100,8 @@ enum Command {
     ///
     /// SIGTERM drains (readiness goes false, open tunnels finish their request and close with
     /// code 11, then the process exits); SIGINT exits at once. Every acknowledged change is
-    /// already durable either way.
+    /// already durable either way. If a write to the store fails (disk full, fsync error) the
+    /// vault stops at once with exit status 74: start it again once the disk works.
     Serve,
     /// Show the fleet's public keys, and the master key ceremony between replicas.
     Keys {
@@ -187,7 +188,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hsm-vault: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<hsm_vault::Error>() {
+                Some(hsm_vault::Error::DiskFailed(_)) => {
+                    ExitCode::from(hsm_vault::state::disk::EXIT_DISK_FAILED)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
