@@ -876,3 +876,118 @@ fn a_slow_follower_is_never_taken_for_a_diverged_one() {
         assert_eq!(code, 200, "replica {}: {body}", i + 1);
     }
 }
+
+/// kill -9 at chosen points inside a replicated commit, on the leader and
+/// on a follower (fail points of test builds, `HSM_VAULT_FAILPOINT`):
+/// after the log batch is durable but not yet reported, and after the
+/// record is applied but not yet confirmed or answered. Whatever the
+/// point, no KE2 comes back from a count that did not reach a majority,
+/// no spent attempt comes back, and the registration survives.
+#[test]
+fn kill9_inside_a_replicated_commit_gives_no_attempt_back() {
+    const MAX: u32 = 10;
+    let mut c = VaultCluster::new(
+        3,
+        VaultOptions {
+            max_attempts: MAX,
+            ..VaultOptions::default()
+        },
+    );
+    c.start_all();
+    c.form();
+    let applied = |c: &VaultCluster, i: usize| {
+        c.status(i)
+            .and_then(|s| s["last_applied_index"].as_u64())
+            .unwrap_or(0)
+    };
+    let all_caught_up = |c: &VaultCluster| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let l = c.wait_leader(Duration::from_secs(10));
+            if (0..3).all(|i| applied(c, i) >= applied(c, l)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the replicas never caught up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let elect = |c: &VaultCluster, r: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while c.leader() != Some(r) {
+            assert!(Instant::now() < deadline, "replica {} never led", r + 1);
+            let mut cmd = std::process::Command::new(testkit::bin("hsm-vault"));
+            cmd.arg("--config")
+                .arg(&c.replicas[r].config)
+                .args(["cluster", "elect"])
+                .env("HSM_VAULT_FLEET_CONTROL_KEY", c.fleet.control_key.to_hex());
+            let _ = cmd.output();
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+    };
+    for (n, (point, leader_side)) in [
+        ("log-appended", true),
+        ("record-applied", true),
+        ("log-appended", false),
+        ("record-applied", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let case = format!(
+            "{point} on the {}",
+            if leader_side { "leader" } else { "follower" }
+        );
+        let a = account(&format!("crash{n}"));
+        let k = key(20 + n as u8);
+        let leader = c.wait_serving(Duration::from_secs(30));
+        register(&mut connect(&c, leader), &c.fleet, &a, b"pw", &k);
+        all_caught_up(&c);
+        // Restart the target with the fail point armed; nothing is written
+        // meanwhile, so it has nothing to catch up on and does not stop yet.
+        let target = if leader_side { leader } else { (leader + 1) % 3 };
+        c.kill9(target);
+        c.start_with(target, &[("HSM_VAULT_FAILPOINT", point)]);
+        if leader_side {
+            elect(&c, target);
+        }
+        // Counted attempts through whoever leads, until the target aborts.
+        let mut ke2 = 0u32;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.wait_exit(target, Duration::from_millis(10)).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "{case}: the fail point was never reached"
+            );
+            let Some(l) = c.leader() else {
+                continue;
+            };
+            let Ok(mut link) =
+                LinkClient::connect(c.replicas[l].link_addr, &c.chatd_key, &c.fleet.link_key)
+            else {
+                continue;
+            };
+            if let Ok(VaultResponse::LoginStarted { .. }) =
+                login_start_only(&mut link, &c.fleet, &a)
+            {
+                ke2 += 1;
+            }
+        }
+        c.reap(target);
+        c.start(target);
+        all_caught_up(&c);
+        let st = on_leader(&c, |l| try_status(l, &c, &a));
+        assert_eq!(st.state, RecordState::Registered, "{case}");
+        assert!(
+            st.attempts_remaining <= MAX - ke2,
+            "{case}: {ke2} KE2s but {} attempts left: a spent attempt came back",
+            st.attempts_remaining
+        );
+        // The registration survived: the right password releases the key.
+        let got = on_leader(&c, |l| login(l, &c.fleet, &a, b"pw").ok());
+        assert_eq!(got, k, "{case}");
+        println!(
+            "{case}: {ke2} KE2s before the abort, {} attempts left after",
+            st.attempts_remaining
+        );
+    }
+}

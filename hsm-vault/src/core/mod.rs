@@ -115,6 +115,40 @@ pub enum Failpoint {
     AttemptCommitted,
     /// A successful login's reset is durable; `wrapped_K` not yet sent.
     ResetCommitted,
+    /// Raft: a log batch holding a record command is durable on this
+    /// replica, not yet reported (a follower has not acknowledged it, a
+    /// leader has not counted itself).
+    LogAppended,
+    /// Raft: a record command is applied durably on this replica; the
+    /// leader has not yet confirmed it with the others nor answered.
+    RecordApplied,
+}
+
+impl Failpoint {
+    /// Every fail point, by the name `HSM_VAULT_FAILPOINT` takes.
+    pub const ALL: [(&'static str, Failpoint); 4] = [
+        ("attempt-committed", Failpoint::AttemptCommitted),
+        ("reset-committed", Failpoint::ResetCommitted),
+        ("log-appended", Failpoint::LogAppended),
+        ("record-applied", Failpoint::RecordApplied),
+    ];
+}
+
+/// The fail point this process aborts at, for the points below the core
+/// (the Raft log and state machine); armed once at start-up.
+static ARMED: std::sync::OnceLock<Failpoint> = std::sync::OnceLock::new();
+
+/// Makes the process abort when it reaches `point` (test builds only).
+#[cfg(feature = "failpoints")]
+pub fn arm_failpoint(point: Failpoint) {
+    let _ = ARMED.set(point);
+}
+
+/// Aborts the process here if `point` is armed.
+pub(crate) fn failpoint_reached(point: Failpoint) {
+    if ARMED.get() == Some(&point) {
+        std::process::abort();
+    }
 }
 
 type FailpointHook = Box<dyn Fn(Failpoint) + Send + Sync>;

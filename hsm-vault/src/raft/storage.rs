@@ -26,6 +26,7 @@ use super::agreement::RecentWrites;
 use super::log_command::LogCommand;
 use super::peer_keys::{PeerKeyTable, PeerKeys};
 use super::{codec, CommandOutcome, VaultNode, VaultRaft};
+use crate::core::{failpoint_reached, Failpoint};
 use crate::state::record::StoredRecord;
 use crate::state::store::{apply_in, RecordStore, META, RECORDS};
 
@@ -238,9 +239,13 @@ impl RaftLogStorage<VaultRaft> for RaftLogStore {
         I::IntoIter: Send,
     {
         let db = self.db.clone();
+        let mut records = false;
         let rows: Vec<(u64, Vec<u8>)> = entries
             .into_iter()
-            .map(|e| Ok((e.log_id.index, enc(&e)?)))
+            .map(|e| {
+                records |= matches!(e.payload, EntryPayload::Normal(LogCommand::Record(_)));
+                Ok((e.log_id.index, enc(&e)?))
+            })
             .collect::<Result<_, SErr>>()?;
         if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
             tracing::debug!(first = first.0, last = last.0, "raft log append");
@@ -256,6 +261,9 @@ impl RaftLogStorage<VaultRaft> for RaftLogStore {
             txn.commit().map_err(io_err)
         })
         .await;
+        if records && res.is_ok() {
+            failpoint_reached(Failpoint::LogAppended);
+        }
         match &res {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
@@ -533,6 +541,9 @@ impl RaftStateMachine<VaultRaft> for RecordStateMachine {
                 }
             }
             txn.commit().map_err(io_err)?;
+            if out.iter().any(|o| matches!(o, CommandOutcome::Record(_))) {
+                failpoint_reached(Failpoint::RecordApplied);
+            }
             if let Some(t) = keys {
                 live.replace(t);
             }

@@ -494,8 +494,8 @@ fn announce(replica: &str, link: SocketAddr, admin: SocketAddr, raft: Option<Soc
     );
 }
 
-/// `HSM_VAULT_FAILPOINT=attempt-committed|reset-committed` makes the process
-/// abort at that point, so tests can prove what a crash there preserves.
+/// `HSM_VAULT_FAILPOINT=NAME` makes the process abort at that point
+/// ([`Failpoint::ALL`]), so tests can prove what a crash there preserves.
 /// Only builds with the `failpoints` feature (the crate's tests) know it; any
 /// other build refuses to start with it set rather than ignore it.
 fn with_failpoint_from_env(vault: Vault) -> Result<Vault, Error> {
@@ -509,15 +509,16 @@ fn with_failpoint_from_env(vault: Vault) -> Result<Vault, Error> {
                 .into(),
         ));
     }
-    let point = match value.to_str() {
-        Some("attempt-committed") => Failpoint::AttemptCommitted,
-        Some("reset-committed") => Failpoint::ResetCommitted,
-        _ => {
-            return Err(Error::Startup(format!(
-                "HSM_VAULT_FAILPOINT={value:?} is not a failpoint: use attempt-committed or \
-                 reset-committed"
-            )))
-        }
+    let Some(point) = Failpoint::ALL
+        .iter()
+        .find(|(name, _)| value.to_str() == Some(*name))
+        .map(|(_, p)| *p)
+    else {
+        let names: Vec<&str> = Failpoint::ALL.iter().map(|(n, _)| *n).collect();
+        return Err(Error::Startup(format!(
+            "HSM_VAULT_FAILPOINT={value:?} is not a failpoint: use one of {}",
+            names.join(", ")
+        )));
     };
     tracing::warn!(
         ?point,
@@ -528,6 +529,7 @@ fn with_failpoint_from_env(vault: Vault) -> Result<Vault, Error> {
 
 #[cfg(feature = "failpoints")]
 fn install_failpoint(vault: Vault, point: Failpoint) -> Vault {
+    crate::core::arm_failpoint(point);
     vault.with_failpoint(Box::new(move |p| {
         if p == point {
             std::process::abort();
