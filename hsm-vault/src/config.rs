@@ -58,13 +58,67 @@ pub struct RaftConfig {
     pub advertise: Option<String>,
     /// Source address for connections to other replicas (optional).
     pub bind_source: Option<String>,
-    pub heartbeat_ms: u64,
-    pub election_timeout_min_ms: u64,
-    pub election_timeout_max_ms: u64,
+    /// The longest round trip between two replicas of the group, in
+    /// milliseconds (a few within one data centre, 20 to 80 between data
+    /// centres on one continent, 200 or more across oceans). The timings
+    /// below derive from it unless set ([`RaftConfig::timing`]).
+    pub peer_round_trip_ms: u64,
+    /// How often the leader contacts each follower; also how long one
+    /// request to another replica may take (openraft gives each
+    /// replication request one heartbeat interval).
+    pub heartbeat_ms: Option<u64>,
+    pub election_timeout_min_ms: Option<u64>,
+    pub election_timeout_max_ms: Option<u64>,
     /// Build a snapshot after this many log entries (and purge the log).
     pub snapshot_every: u64,
     /// Seconds a read or commit may wait for the majority.
+    pub commit_timeout_secs: Option<u64>,
+}
+
+/// The Raft timings a replica runs with: what the configuration sets, the
+/// rest derived from [`RaftConfig::peer_round_trip_ms`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
     pub commit_timeout_secs: u64,
+}
+
+impl RaftConfig {
+    /// The timings, derived from the round trip where not set:
+    ///
+    /// - a request on a fresh peer connection takes three round trips (TCP
+    ///   connect, the Noise handshake, the request), and must fit in one
+    ///   heartbeat interval: `heartbeat = max(100, 3 × rtt + 50)` ms;
+    /// - an election waits several missed heartbeats:
+    ///   `election_min = max(500, 4 × heartbeat)`, `election_max = 2 ×
+    ///   election_min`;
+    /// - a commit (append, fsync, confirmation) or a read waits
+    ///   `max(5 s, 10 × rtt)` for its majority.
+    ///
+    /// At the default 10 ms these are 100, 500, 1000 ms and 5 s.
+    pub fn timing(&self) -> RaftTiming {
+        let rtt = self.peer_round_trip_ms;
+        let heartbeat_ms = self
+            .heartbeat_ms
+            .unwrap_or_else(|| (3 * rtt + 50).max(100));
+        let election_timeout_min_ms = self
+            .election_timeout_min_ms
+            .unwrap_or_else(|| (4 * heartbeat_ms).max(500));
+        let election_timeout_max_ms = self
+            .election_timeout_max_ms
+            .unwrap_or(2 * election_timeout_min_ms);
+        let commit_timeout_secs = self
+            .commit_timeout_secs
+            .unwrap_or_else(|| (10 * rtt).div_ceil(1000).max(5));
+        RaftTiming {
+            heartbeat_ms,
+            election_timeout_min_ms,
+            election_timeout_max_ms,
+            commit_timeout_secs,
+        }
+    }
 }
 
 impl Default for RaftConfig {
@@ -74,11 +128,12 @@ impl Default for RaftConfig {
             listen: "127.0.0.1:7200".into(),
             advertise: None,
             bind_source: None,
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 1000,
+            peer_round_trip_ms: 10,
+            heartbeat_ms: None,
+            election_timeout_min_ms: None,
+            election_timeout_max_ms: None,
             snapshot_every: 5000,
-            commit_timeout_secs: 5,
+            commit_timeout_secs: None,
         }
     }
 }
@@ -290,16 +345,28 @@ impl VaultConfig {
         if self.login_timeout_secs == 0 || self.link.tunnel_idle_timeout_secs == 0 {
             return Err(bad("timeouts must be at least 1 second".into()));
         }
-        let r = &self.raft;
-        if r.node_id.is_some()
+        let r = self.raft.timing();
+        if self.raft.node_id.is_some()
             && (r.heartbeat_ms == 0
                 || r.election_timeout_min_ms <= r.heartbeat_ms
-                || r.election_timeout_max_ms <= r.election_timeout_min_ms)
+                || r.election_timeout_max_ms <= r.election_timeout_min_ms
+                || r.commit_timeout_secs == 0)
         {
-            return Err(bad(
-                "raft: need 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms"
-                    .into(),
-            ));
+            return Err(bad(format!(
+                "raft: need 0 < heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms \
+                 and commit_timeout_secs > 0 (with what is set and what peer_round_trip_ms = {} \
+                 derives: {r:?})",
+                self.raft.peer_round_trip_ms
+            )));
+        }
+        if self.raft.node_id.is_some() && r.heartbeat_ms < 3 * self.raft.peer_round_trip_ms {
+            tracing::warn!(
+                heartbeat_ms = r.heartbeat_ms,
+                peer_round_trip_ms = self.raft.peer_round_trip_ms,
+                "raft.heartbeat_ms is shorter than three round trips between replicas: a request \
+                 on a new peer connection cannot finish in time, and the group may not form; \
+                 leave heartbeat_ms unset to derive it"
+            );
         }
         for k in self
             .control
@@ -366,6 +433,31 @@ impl VaultConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn raft_timings_derive_from_the_round_trip_unless_set() {
+        let mut r = RaftConfig::default();
+        let t = r.timing();
+        assert_eq!(
+            (t.heartbeat_ms, t.election_timeout_min_ms, t.election_timeout_max_ms),
+            (100, 500, 1000)
+        );
+        assert_eq!(t.commit_timeout_secs, 5);
+        r.peer_round_trip_ms = 200;
+        let t = r.timing();
+        assert_eq!(
+            (t.heartbeat_ms, t.election_timeout_min_ms, t.election_timeout_max_ms),
+            (650, 2600, 5200)
+        );
+        assert!(t.heartbeat_ms >= 3 * 200, "a fresh connection's request fits");
+        r.peer_round_trip_ms = 1000;
+        assert_eq!(r.timing().commit_timeout_secs, 10);
+        r.heartbeat_ms = Some(70);
+        r.election_timeout_max_ms = Some(9000);
+        let t = r.timing();
+        assert_eq!((t.heartbeat_ms, t.election_timeout_min_ms), (70, 500));
+        assert_eq!(t.election_timeout_max_ms, 9000);
+    }
+
     use super::*;
 
     /// The commented example is what operators copy: every key in it must

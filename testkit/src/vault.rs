@@ -39,14 +39,14 @@ pub fn write_config(
         .map(|r| {
             format!(
                 "[raft]\nnode_id = {}\nlisten = \"127.0.0.1:{}\"\nbind_source = \"{}\"\nadvertise = \"{}\"\n\
-                 heartbeat_ms = 50\nelection_timeout_min_ms = 300\nelection_timeout_max_ms = 600\n\
-                 commit_timeout_secs = 3\nsnapshot_every = 64\n\
+                 {}snapshot_every = 64\n\
                  [control]\nlisten = \"127.0.0.1:{}\"\noperator_keys = [\"{}\"]\n\
                  operator_key_file = \"operator.key\"\n",
                 r.node_id,
                 r.port,
                 r.bind_source,
                 r.advertise,
+                opts.raft_timing.toml(),
                 r.control_port,
                 r.operator_key.to_hex()
             )
@@ -166,6 +166,31 @@ pub struct VaultOptions {
     pub link_port: u16,
     /// Extra TOML appended to the config.
     pub extra: String,
+    /// Raft timings of cluster replicas.
+    pub raft_timing: RaftTiming,
+}
+
+/// How a test group's replicas time Raft: fast on loopback by default;
+/// [`RaftTiming::Distance`] leaves it to the vault's own derivation from
+/// the round trip between replicas.
+#[derive(Debug, Clone)]
+pub enum RaftTiming {
+    Loopback,
+    /// `raft.peer_round_trip_ms`, nothing else set.
+    Distance { round_trip_ms: u64 },
+}
+
+impl RaftTiming {
+    fn toml(&self) -> String {
+        match self {
+            RaftTiming::Loopback => "heartbeat_ms = 50\nelection_timeout_min_ms = 300\n\
+                 election_timeout_max_ms = 600\ncommit_timeout_secs = 3\n"
+                .to_string(),
+            RaftTiming::Distance { round_trip_ms } => {
+                format!("peer_round_trip_ms = {round_trip_ms}\n")
+            }
+        }
+    }
 }
 
 impl Default for VaultOptions {
@@ -180,6 +205,7 @@ impl Default for VaultOptions {
             max_queued_requests: 1024,
             link_port: 0,
             extra: String::new(),
+            raft_timing: RaftTiming::Loopback,
         }
     }
 }

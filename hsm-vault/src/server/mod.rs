@@ -334,12 +334,14 @@ async fn join_group(
     health: &Arc<Health>,
 ) -> Result<Member, Error> {
     let r = &cfg.raft;
+    let timing = r.timing();
+    tracing::info!(?timing, peer_round_trip_ms = r.peer_round_trip_ms, "raft timings");
     let bad_config = |m: String| Error::Service(service_kit::Error::Config(m));
     let raft_config = openraft::Config {
         cluster_name: opened.secrets.fleet_id.to_string(),
-        heartbeat_interval: r.heartbeat_ms,
-        election_timeout_min: r.election_timeout_min_ms,
-        election_timeout_max: r.election_timeout_max_ms,
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_timeout_min_ms,
+        election_timeout_max: timing.election_timeout_max_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_every),
         max_in_snapshot_log_to_keep: r.snapshot_every.min(1000),
         // openraft's 200 ms default covers a whole chunk and, for the last
@@ -417,13 +419,13 @@ async fn join_group(
         network,
         divergence.clone(),
         tokio::runtime::Handle::current(),
-        Duration::from_secs(r.commit_timeout_secs),
+        Duration::from_secs(timing.commit_timeout_secs),
     ));
     let role = role::watch_role(
         &raft,
         health.clone(),
         divergence,
-        Duration::from_millis(r.election_timeout_max_ms),
+        Duration::from_millis(timing.election_timeout_max_ms),
     );
     let link_addr = link
         .local_addr()
