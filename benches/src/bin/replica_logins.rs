@@ -23,7 +23,7 @@ use rand_core::OsRng;
 use std::net::SocketAddr;
 use testkit::cluster::VaultCluster;
 use testkit::link::LinkClient;
-use testkit::vault::{FleetInfo, VaultFixture, VaultOptions, VaultProcess};
+use testkit::vault::{FleetInfo, RaftTiming, VaultFixture, VaultOptions, VaultProcess};
 
 const LONG_ABOUT: &str = "\
 Counted login attempts per second through real hsm-vault processes on loopback, each with its \
@@ -69,6 +69,15 @@ struct Args {
     /// Untimed attempts per set-up before the clock starts.
     #[arg(long, default_value_t = 200, value_name = "N")]
     warmup: usize,
+    /// One-way delay between every pair of replicas of raft-3, in ms (the
+    /// test harness's proxies hold every byte that long; this kernel has
+    /// no netem). The replicas derive their Raft timings from the round
+    /// trip (`raft.peer_round_trip_ms`).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    one_way_delay_ms: u64,
+    /// Worker threads (and HSM sessions) of each vault replica.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    vault_workers: usize,
     /// Comma-separated set-ups to run, in order.
     #[arg(
         long,
@@ -119,8 +128,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "Counted login attempts through real hsm-vault processes ({} workers, {} attempts each set-up)",
-        args.workers, args.attempts
+        "Counted login attempts through real hsm-vault processes ({} workers, {} attempts each set-up, {} vault workers, raft-3 {} ms one way)",
+        args.workers, args.attempts, args.vault_workers, args.one_way_delay_ms
     );
     println!(
         "{:<12} {:>12} {:>10} {:>10} {:>14}",
@@ -190,11 +199,19 @@ enum Stack {
 }
 
 impl Stack {
-    fn start(setup: &str) -> Self {
+    fn start(setup: &str, args: &Args) -> Self {
+        let delay = Duration::from_millis(args.one_way_delay_ms);
         let opts = VaultOptions {
             max_attempts: MAX_ATTEMPTS,
-            workers: 4,
+            workers: args.vault_workers,
             max_queued_requests: 4096,
+            raft_timing: if delay.is_zero() {
+                RaftTiming::Loopback
+            } else {
+                RaftTiming::Distance {
+                    round_trip_ms: 2 * args.one_way_delay_ms,
+                }
+            },
             ..VaultOptions::default()
         };
         match setup {
@@ -206,6 +223,11 @@ impl Stack {
             _ => {
                 let n = if setup == "raft-3" { 3 } else { 1 };
                 let mut c = VaultCluster::new(n, opts);
+                if n > 1 {
+                    for i in 0..n {
+                        c.delay(i, delay);
+                    }
+                }
                 c.start_all();
                 c.form();
                 c.wait_leader(Duration::from_secs(30));
@@ -231,7 +253,7 @@ impl Stack {
 }
 
 fn run_setup(setup: &str, args: &Args) -> anyhow::Result<Outcome> {
-    let stack = Stack::start(setup);
+    let stack = Stack::start(setup, args);
     let (addr, chatd_key, fleet) = stack.serving();
     let per_worker = args.attempts / args.workers;
     let warm_per_worker = args.warmup.div_ceil(args.workers);
