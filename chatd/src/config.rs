@@ -164,7 +164,10 @@ impl Default for VaultConfig {
 
 impl ChatdConfig {
     pub fn load(path: Option<&Path>) -> Result<Self, crate::Error> {
-        let mut cfg: ChatdConfig = service_kit::config::load(path, ENV_PREFIX, &["CONFIG"])?;
+        // CHATD_CONFIG is the command line's, CHATD_FAILPOINT a test build's
+        // crash switch (`directory::FAILPOINT_VAR`): neither is a key.
+        let mut cfg: ChatdConfig =
+            service_kit::config::load(path, ENV_PREFIX, &["CONFIG", "FAILPOINT"])?;
         if cfg.data_dir.is_relative() {
             if let Some(base) = path.and_then(Path::parent) {
                 cfg.data_dir = base.join(&cfg.data_dir);

@@ -11,7 +11,12 @@
 //! Enrolment codes are stored only as SHA-256 of their normalised form
 //! (codes carry ≥ 100 bits of entropy, so a plain hash suffices); each is
 //! single-use and expires.
+//!
+//! Test builds (the `failpoints` feature) can abort the process at named
+//! points inside an enrolment ([`Failpoint`], `CHATD_FAILPOINT`), so tests
+//! can prove what a kill -9 there preserves.
 
+use std::ffi::OsStr;
 use std::path::Path;
 
 use parking_lot::Mutex;
@@ -34,7 +39,7 @@ pub enum DeviceStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enrolment {
     Enrolled,
-    /// No such code for this account, already used, or expired.
+    /// No such code for this account, used by another device, or expired.
     Rejected,
     /// The device key was revoked for this account; it cannot come back.
     DeviceRevoked,
@@ -80,7 +85,9 @@ pub trait Directory: Send + Sync {
     fn revocations_after(&self, seq: u64, limit: usize) -> Result<Vec<Revocation>, Error>;
     /// The sequence number of the latest revocation (0: none yet).
     fn latest_revocation(&self) -> Result<u64, Error>;
-    /// Atomically consumes `code` for `account` and enrols `device`.
+    /// Atomically consumes `code` for `account` and enrols `device`. The
+    /// device that consumed a code gets the same answer again when it
+    /// retries with it, so a lost answer is not a lost enrolment.
     fn enrol(
         &self,
         account: &AccountId,
@@ -88,6 +95,56 @@ pub trait Directory: Send + Sync {
         code: &EnrolmentCode,
         now: i64,
     ) -> Result<Enrolment, Error>;
+}
+
+/// The environment variable naming the fail point a test build aborts at.
+pub const FAILPOINT_VAR: &str = "CHATD_FAILPOINT";
+
+/// Points inside [`SqliteDirectory::enrol`] where a test build crashes the
+/// process on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failpoint {
+    /// The code is marked used and the device inserted, not yet committed.
+    EnrolWritten,
+    /// The enrolment is committed; the device has not had the answer.
+    EnrolCommitted,
+}
+
+impl Failpoint {
+    /// Every fail point, by the name `CHATD_FAILPOINT` takes.
+    pub const ALL: [(&'static str, Failpoint); 2] = [
+        ("enrol-written", Failpoint::EnrolWritten),
+        ("enrol-committed", Failpoint::EnrolCommitted),
+    ];
+
+    /// The fail point `value` (the variable's value; `None`: unset) names,
+    /// in a build that has fail points (`compiled`) or not. A build
+    /// without them refuses any value rather than ignore it, and a name
+    /// that is not a fail point is refused rather than never reached.
+    pub fn from_env_value(value: Option<&OsStr>, compiled: bool) -> Result<Option<Self>, Error> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        if !compiled {
+            return Err(Error::Config(format!(
+                "{FAILPOINT_VAR} is set, but this build has no failpoints (they exist only in \
+                 test builds); unset it"
+            )));
+        }
+        match Self::ALL
+            .iter()
+            .find(|(name, _)| value.to_str() == Some(*name))
+        {
+            Some((_, point)) => Ok(Some(*point)),
+            None => {
+                let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+                Err(Error::Config(format!(
+                    "{FAILPOINT_VAR}={value:?} is not a failpoint: use one of {}",
+                    names.join(", ")
+                )))
+            }
+        }
+    }
 }
 
 /// SHA-256 of the normalised code, hex.
@@ -116,6 +173,8 @@ pub fn new_code() -> Result<EnrolmentCode, Error> {
 /// The SQLite-backed directory.
 pub struct SqliteDirectory {
     conn: Mutex<Connection>,
+    #[cfg(feature = "failpoints")]
+    failpoint: Option<Failpoint>,
 }
 
 impl std::fmt::Debug for SqliteDirectory {
@@ -171,7 +230,27 @@ impl SqliteDirectory {
         .map_err(|e| Error::Directory(format!("{}: {e}", path.display())))?;
         Ok(SqliteDirectory {
             conn: Mutex::new(conn),
+            #[cfg(feature = "failpoints")]
+            failpoint: None,
         })
+    }
+
+    /// Makes this process abort when an enrolment reaches `point` (tests
+    /// of crash behaviour only: the method exists only in builds with the
+    /// `failpoints` feature).
+    #[cfg(feature = "failpoints")]
+    pub fn with_failpoint(mut self, point: Failpoint) -> Self {
+        self.failpoint = Some(point);
+        self
+    }
+
+    /// Aborts the process here if `point` is armed; nothing in a build
+    /// without fail points.
+    fn failpoint(&self, _point: Failpoint) {
+        #[cfg(feature = "failpoints")]
+        if self.failpoint == Some(_point) {
+            std::process::abort();
+        }
     }
 
     /// Creates an account; `false` if it existed.
@@ -373,40 +452,59 @@ impl Directory for SqliteDirectory {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db_err)?;
         let hash = code_hash(code);
-        let row: Option<(String, i64, Option<i64>)> = tx
+        let device_hex = device.to_hex();
+        let row: Option<(String, i64, Option<i64>, Option<String>)> = tx
             .query_row(
-                "SELECT account, expires_at, used_at FROM enrolment_codes WHERE code_hash = ?1",
+                "SELECT account, expires_at, used_at, used_by FROM enrolment_codes WHERE code_hash = ?1",
                 params![hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
             .map_err(db_err)?;
-        match row {
-            Some((acct, expires_at, None)) if acct == account.as_str() && expires_at > now => {}
-            _ => return Ok(Enrolment::Rejected),
-        }
         let revoked: Option<Option<i64>> = tx
             .query_row(
                 "SELECT revoked_at FROM devices WHERE account = ?1 AND device_key = ?2",
-                params![account.as_str(), device.to_hex()],
+                params![account.as_str(), device_hex],
                 |r| r.get(0),
             )
             .optional()
             .map_err(db_err)?;
+        match row {
+            // The device that used this code, retrying because the answer
+            // to its enrolment was lost (chatd died after the commit, or
+            // two of its attempts raced): the answer it should have had.
+            // Past the code's expiry too: this grants nothing the device
+            // does not hold already (an enrolled device is admitted without
+            // any code), while refusing would tell it a lie, for good
+            // (4003 is not retryable).
+            Some((acct, _, Some(_), Some(used_by)))
+                if acct == account.as_str() && used_by == device_hex =>
+            {
+                return Ok(match revoked {
+                    Some(None) => Enrolment::Enrolled,
+                    Some(Some(_)) => Enrolment::DeviceRevoked,
+                    None => Enrolment::Rejected,
+                });
+            }
+            Some((acct, expires_at, None, _)) if acct == account.as_str() && expires_at > now => {}
+            _ => return Ok(Enrolment::Rejected),
+        }
         if let Some(Some(_)) = revoked {
             return Ok(Enrolment::DeviceRevoked);
         }
         tx.execute(
             "UPDATE enrolment_codes SET used_at = ?2, used_by = ?3 WHERE code_hash = ?1",
-            params![hash, now, device.to_hex()],
+            params![hash, now, device_hex],
         )
         .map_err(db_err)?;
         tx.execute(
             "INSERT OR IGNORE INTO devices (account, device_key, enrolled_at) VALUES (?1, ?2, ?3)",
-            params![account.as_str(), device.to_hex(), now],
+            params![account.as_str(), device_hex, now],
         )
         .map_err(db_err)?;
+        self.failpoint(Failpoint::EnrolWritten);
         tx.commit().map_err(db_err)?;
+        self.failpoint(Failpoint::EnrolCommitted);
         Ok(Enrolment::Enrolled)
     }
 }
@@ -481,5 +579,148 @@ mod tests {
                 code.normalized().as_bytes()
             ));
         }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> SqliteDirectory {
+        SqliteDirectory::open(&dir.path().join("d.sqlite")).unwrap()
+    }
+
+    /// Its answer lost (chatd died after the commit), a device tries the
+    /// same code again: it is enrolled, and told so, within the code's
+    /// validity and after it.
+    #[test]
+    fn the_device_that_used_a_code_is_enrolled_again_by_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = open(&dir);
+        let alice = AccountId::new("alice").unwrap();
+        let code = d.invite(&alice, 1000, 60).unwrap();
+        assert_eq!(
+            d.enrol(&alice, &dev(1), &code, 1001).unwrap(),
+            Enrolment::Enrolled
+        );
+        for now in [1002, 1061, 100_000] {
+            assert_eq!(
+                d.enrol(&alice, &dev(1), &code, now).unwrap(),
+                Enrolment::Enrolled,
+                "retry at {now}"
+            );
+        }
+        // Nothing changed: one device, enrolled when it first enrolled.
+        let devices = d.devices(&alice).unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].enrolled_at, 1001);
+        assert_eq!(d.accounts(1002).unwrap()[0].pending_codes, 0);
+    }
+
+    /// Only the device that used a code, for the code's account, gets
+    /// that answer: for anyone else the code is spent.
+    #[test]
+    fn a_used_code_still_rejects_every_other_device_and_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = open(&dir);
+        let (alice, bob) = (
+            AccountId::new("alice").unwrap(),
+            AccountId::new("bob").unwrap(),
+        );
+        d.add_account(&bob, 1000).unwrap();
+        let code = d.invite(&alice, 1000, 60).unwrap();
+        assert_eq!(
+            d.enrol(&alice, &dev(1), &code, 1001).unwrap(),
+            Enrolment::Enrolled
+        );
+        // Another device, new or already enrolled with a code of its own.
+        let other = d.invite(&alice, 1000, 60).unwrap();
+        assert_eq!(
+            d.enrol(&alice, &dev(2), &other, 1001).unwrap(),
+            Enrolment::Enrolled
+        );
+        for device in [dev(2), dev(3)] {
+            assert_eq!(
+                d.enrol(&alice, &device, &code, 1002).unwrap(),
+                Enrolment::Rejected
+            );
+        }
+        assert_eq!(
+            d.device_status(&alice, &dev(3)).unwrap(),
+            DeviceStatus::Unknown
+        );
+        // The same device for another account.
+        assert_eq!(
+            d.enrol(&bob, &dev(1), &code, 1002).unwrap(),
+            Enrolment::Rejected
+        );
+        assert_eq!(
+            d.device_status(&bob, &dev(1)).unwrap(),
+            DeviceStatus::Unknown
+        );
+    }
+
+    /// Revocation sticks through a retry with the code that enrolled the
+    /// device, whether that device alone or the whole account was revoked.
+    #[test]
+    fn a_revoked_device_retrying_its_code_is_told_it_is_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = open(&dir);
+        let alice = AccountId::new("alice").unwrap();
+        let (one, all) = (
+            d.invite(&alice, 1000, 60).unwrap(),
+            d.invite(&alice, 1000, 60).unwrap(),
+        );
+        assert_eq!(
+            d.enrol(&alice, &dev(1), &one, 1001).unwrap(),
+            Enrolment::Enrolled
+        );
+        assert_eq!(
+            d.enrol(&alice, &dev(2), &all, 1001).unwrap(),
+            Enrolment::Enrolled
+        );
+        assert_eq!(d.revoke(&alice, Some(&dev(1)), 1002).unwrap(), 1);
+        assert_eq!(
+            d.enrol(&alice, &dev(1), &one, 1003).unwrap(),
+            Enrolment::DeviceRevoked
+        );
+        assert_eq!(d.revoke(&alice, None, 1004).unwrap(), 1);
+        assert_eq!(
+            d.enrol(&alice, &dev(2), &all, 1005).unwrap(),
+            Enrolment::DeviceRevoked
+        );
+        for device in [dev(1), dev(2)] {
+            assert_eq!(
+                d.device_status(&alice, &device).unwrap(),
+                DeviceStatus::Revoked
+            );
+        }
+    }
+
+    /// `CHATD_FAILPOINT` names one of [`Failpoint::ALL`] in a build that
+    /// has them; anything else is refused, saying what to do.
+    #[test]
+    fn failpoint_names_are_refused_unless_known_and_compiled_in() {
+        fn name(s: &str) -> Option<&OsStr> {
+            Some(OsStr::new(s))
+        }
+        assert_eq!(Failpoint::from_env_value(None, true).unwrap(), None);
+        assert_eq!(Failpoint::from_env_value(None, false).unwrap(), None);
+        for (n, point) in Failpoint::ALL {
+            assert_eq!(
+                Failpoint::from_env_value(name(n), true).unwrap(),
+                Some(point)
+            );
+            let e = Failpoint::from_env_value(name(n), false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("this build has no failpoints") && e.contains("unset it"),
+                "{e}"
+            );
+        }
+        let e = Failpoint::from_env_value(name("enrol-comitted"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CHATD_FAILPOINT=\"enrol-comitted\" is not a failpoint")
+                && e.contains("enrol-written, enrol-committed"),
+            "{e}"
+        );
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::config::ChatdConfig;
 use crate::conn::{self, Frontend};
-use crate::directory::{Directory, SqliteDirectory};
+use crate::directory::{Directory, Failpoint, SqliteDirectory, FAILPOINT_VAR};
 use crate::leader::VaultLinks;
 use crate::proxy_protocol::{self, ProxyPolicy, ProxyRefusal};
 use crate::rate_limits::{AccountLimits, SourceLimiter};
@@ -55,11 +55,10 @@ pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
         )
     })?;
     let dir_path = cfg.directory_path();
-    let directory: Arc<dyn Directory> = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteDirectory::open(&dir_path))
-            .await
-            .map_err(|e| Error::Directory(e.to_string()))??,
-    );
+    let directory = tokio::task::spawn_blocking(move || SqliteDirectory::open(&dir_path))
+        .await
+        .map_err(|e| Error::Directory(e.to_string()))??;
+    let directory: Arc<dyn Directory> = Arc::new(with_failpoint_from_env(directory)?);
     let revocations = RevocationFeed::start(directory.clone(), shutdown.clone()).await?;
     let links = VaultLinks::start(
         LinkSettings {
@@ -151,6 +150,26 @@ pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
         "chatd stopped"
     );
     Ok(())
+}
+
+/// `CHATD_FAILPOINT=NAME` makes this process abort at that point of an
+/// enrolment ([`Failpoint::ALL`]), so tests can prove what a crash there
+/// preserves. Only builds with the `failpoints` feature (the crate's tests)
+/// know it; any other build refuses to start with it set rather than
+/// ignore it.
+fn with_failpoint_from_env(directory: SqliteDirectory) -> Result<SqliteDirectory, Error> {
+    let value = std::env::var_os(FAILPOINT_VAR);
+    let Some(point) = Failpoint::from_env_value(value.as_deref(), cfg!(feature = "failpoints"))?
+    else {
+        return Ok(directory);
+    };
+    tracing::warn!(
+        ?point,
+        "{FAILPOINT_VAR} set: this process will abort there (testing only)"
+    );
+    #[cfg(feature = "failpoints")]
+    let directory = directory.with_failpoint(point);
+    Ok(directory)
 }
 
 /// The client's address: the TCP peer's, or with PROXY protocol on, the one

@@ -1,7 +1,8 @@
 //! The real `chatd` and `hsm-vault` binaries on loopback: authentication
 //! and each rejection, enrolment once per code, tunnels end to end, a tap
 //! that sees only ciphertext, hostile clients that leave a healthy one
-//! alone, draining, and the vault restarting under open connections.
+//! alone, draining, the vault restarting under open connections, and chatd
+//! killed inside an enrolment.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use backup_client::connection::{Connection, Endpoint};
 use backup_client::vault_flow::{self, PasswordLogin, PasswordRegistration};
 use backup_client::ClientError;
+use chatd::directory::{DeviceStatus, Directory, Enrolment, SqliteDirectory};
 use futures_util::{SinkExt, StreamExt};
 use protocol_spec::codes::{CloseCode, TunnelCloseCode};
 use protocol_spec::ids::{AccountId, EnrolmentCode, TunnelId};
@@ -840,4 +842,148 @@ async fn a_revoked_device_is_cut_within_a_second_by_every_chatd_sharing_the_dire
     for p in &procs {
         assert!(p.log().contains("revocation seen"), "{}", p.log());
     }
+}
+
+/// A chatd with no vault behind it: admission and enrolment never reach
+/// the vault, and a test of them need not wait for one to start.
+fn chatd_alone() -> ChatdFixture {
+    let nowhere = SocketAddr::from(([127, 0, 0, 1], testkit::free_port()));
+    ChatdFixture::with_keys(
+        &device(0),
+        &device(0).public_key(),
+        &[nowhere],
+        ChatdOptions::default(),
+    )
+}
+
+fn endpoint_of(chatd: &ChatdFixture, p: &ChatdProcess, account: &AccountId) -> Endpoint {
+    Endpoint {
+        url: p.url(),
+        chatd_key: chatd.static_key,
+        account: account.clone(),
+    }
+}
+
+/// chatd killed inside an enrolment (fail points of test builds,
+/// `CHATD_FAILPOINT`), before the device has its answer. Before the commit
+/// nothing is enrolled and the code is still unused; after it the device
+/// is enrolled. Either way the device, retrying with the same code, gets
+/// in, and the directory gives the device that used the code the answer it
+/// missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_inside_an_enrolment_loses_neither_the_code_nor_the_enrolment() {
+    use std::os::unix::process::ExitStatusExt;
+    let chatd = chatd_alone();
+    for (point, committed) in [("enrol-written", false), ("enrol-committed", true)] {
+        let account = AccountId::new(format!("crash-{point}")).unwrap();
+        let code = EnrolmentCode::new(chatd.invite(account.as_str())).unwrap();
+        let dev = device(50);
+        let mut p = chatd.spawn_with(&[("CHATD_FAILPOINT", point)]);
+        let e = Connection::connect(&endpoint_of(&chatd, &p, &account), &dev, Some(code.clone()))
+            .await
+            .expect_err("chatd dies before it answers");
+        assert_eq!(close_code(&e), None, "{point}: no answer at all: {e}");
+        let st = p
+            .wait_exit(Duration::from_secs(10))
+            .expect("chatd aborts at the fail point");
+        assert_eq!(st.signal(), Some(6), "{point}: SIGABRT: {st:?}");
+        let dir = SqliteDirectory::open(&chatd.directory_path()).unwrap();
+        let expected = if committed {
+            DeviceStatus::Enrolled
+        } else {
+            DeviceStatus::Unknown
+        };
+        assert_eq!(
+            dir.device_status(&account, &dev.public_key()).unwrap(),
+            expected,
+            "{point}"
+        );
+
+        let p = chatd.spawn();
+        let c = Connection::connect(&endpoint_of(&chatd, &p, &account), &dev, Some(code.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{point}: the retry with the same code: {e}"));
+        // An enrolled device is admitted before its code is looked at
+        // (SPEC 4.3.1, rule 1): after the commit, the retry is told the
+        // device was enrolled already.
+        assert_eq!(c.hello.enrolled_now, !committed, "{point}");
+        c.close().await;
+        // A retry that does reach the code (one racing the lost attempt,
+        // rule 3) is told the device is enrolled, not that the code is
+        // used.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert_eq!(
+            dir.enrol(&account, &dev.public_key(), &code, now).unwrap(),
+            Enrolment::Enrolled,
+            "{point}"
+        );
+        // For any other device the code is spent.
+        let e = Connection::connect(&endpoint_of(&chatd, &p, &account), &device(51), Some(code))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            close_code(&e),
+            Some(CloseCode::EnrolmentRejected),
+            "{point}: {e}"
+        );
+    }
+}
+
+/// Two attempts of one device with one code race on two chatd processes
+/// sharing the directory (the device gave up on a slow attempt and tried
+/// again): both find the device unknown, one enrols it, and the other,
+/// finding the code used by this very device, admits it too instead of
+/// refusing it for good with 4003.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_device_racing_itself_with_one_code_gets_in_both_times() {
+    let chatd = chatd_alone();
+    let procs = [chatd.spawn(), chatd.spawn()];
+    let account = AccountId::new("racer").unwrap();
+    let code = EnrolmentCode::new(chatd.invite("racer")).unwrap();
+    let dev = device(60);
+    // While the test holds the directory's write lock, each attempt looks
+    // the device up (WAL readers do not wait) and then waits for the lock
+    // inside its enrolment (for up to 5 s, chatd's busy timeout).
+    let lock = rusqlite::Connection::open(chatd.directory_path()).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let attempts: Vec<_> = procs
+        .iter()
+        .map(|p| {
+            let (ep, dev, code) = (endpoint_of(&chatd, p, &account), dev.clone(), code.clone());
+            tokio::spawn(async move { Connection::connect(&ep, &dev, Some(code)).await })
+        })
+        .collect();
+    // Time for both lookups. Too short a wait could only let a later
+    // attempt find the device enrolled and pass without a race, never fail.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lock.execute_batch("ROLLBACK").unwrap();
+    for a in attempts {
+        let c = a.await.unwrap().expect("both attempts get in");
+        c.close().await;
+    }
+    let dir = SqliteDirectory::open(&chatd.directory_path()).unwrap();
+    assert_eq!(dir.devices(&account).unwrap().len(), 1);
+}
+
+/// A misspelt fail point stops chatd at start-up, naming the real ones,
+/// and is not mistaken for a configuration key.
+#[test]
+fn an_unknown_failpoint_is_refused_with_the_valid_names() {
+    let chatd = chatd_alone();
+    let out = chatd
+        .command()
+        .arg("serve")
+        .env("CHATD_FAILPOINT", "enrol-comitted")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("CHATD_FAILPOINT=\"enrol-comitted\" is not a failpoint")
+            && e.contains("enrol-written, enrol-committed"),
+        "{e}"
+    );
 }

@@ -100,9 +100,7 @@ impl RaftConfig {
     /// At the default 10 ms these are 100, 500, 1000 ms and 5 s.
     pub fn timing(&self) -> RaftTiming {
         let rtt = self.peer_round_trip_ms;
-        let heartbeat_ms = self
-            .heartbeat_ms
-            .unwrap_or_else(|| (3 * rtt + 50).max(100));
+        let heartbeat_ms = self.heartbeat_ms.unwrap_or_else(|| (3 * rtt + 50).max(100));
         let election_timeout_min_ms = self
             .election_timeout_min_ms
             .unwrap_or_else(|| (4 * heartbeat_ms).max(500));
@@ -438,17 +436,28 @@ mod tests {
         let mut r = RaftConfig::default();
         let t = r.timing();
         assert_eq!(
-            (t.heartbeat_ms, t.election_timeout_min_ms, t.election_timeout_max_ms),
+            (
+                t.heartbeat_ms,
+                t.election_timeout_min_ms,
+                t.election_timeout_max_ms
+            ),
             (100, 500, 1000)
         );
         assert_eq!(t.commit_timeout_secs, 5);
         r.peer_round_trip_ms = 200;
         let t = r.timing();
         assert_eq!(
-            (t.heartbeat_ms, t.election_timeout_min_ms, t.election_timeout_max_ms),
+            (
+                t.heartbeat_ms,
+                t.election_timeout_min_ms,
+                t.election_timeout_max_ms
+            ),
             (650, 2600, 5200)
         );
-        assert!(t.heartbeat_ms >= 3 * 200, "a fresh connection's request fits");
+        assert!(
+            t.heartbeat_ms >= 3 * 200,
+            "a fresh connection's request fits"
+        );
         r.peer_round_trip_ms = 1000;
         assert_eq!(r.timing().commit_timeout_secs, 10);
         r.heartbeat_ms = Some(70);

@@ -143,13 +143,21 @@ impl ChatdFixture {
     }
 
     pub fn spawn(&self) -> ChatdProcess {
+        self.spawn_with(&[])
+    }
+
+    /// Like [`ChatdFixture::spawn`] with extra environment variables.
+    pub fn spawn_with(&self, env: &[(&str, &str)]) -> ChatdProcess {
         let log_path = self
             .dir
             .path()
             .join(format!("chatd-{}.log", crate::unique()));
         let log = std::fs::File::create(&log_path).expect("log");
-        let mut child = self
-            .command()
+        let mut cmd = self.command();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .arg("serve")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

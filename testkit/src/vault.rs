@@ -177,7 +177,9 @@ pub struct VaultOptions {
 pub enum RaftTiming {
     Loopback,
     /// `raft.peer_round_trip_ms`, nothing else set.
-    Distance { round_trip_ms: u64 },
+    Distance {
+        round_trip_ms: u64,
+    },
 }
 
 impl RaftTiming {

@@ -335,7 +335,11 @@ async fn join_group(
 ) -> Result<Member, Error> {
     let r = &cfg.raft;
     let timing = r.timing();
-    tracing::info!(?timing, peer_round_trip_ms = r.peer_round_trip_ms, "raft timings");
+    tracing::info!(
+        ?timing,
+        peer_round_trip_ms = r.peer_round_trip_ms,
+        "raft timings"
+    );
     let bad_config = |m: String| Error::Service(service_kit::Error::Config(m));
     let raft_config = openraft::Config {
         cluster_name: opened.secrets.fleet_id.to_string(),
