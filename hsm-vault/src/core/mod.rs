@@ -136,6 +136,7 @@ impl Failpoint {
 
 /// The fail point this process aborts at, for the points below the core
 /// (the Raft log and state machine); armed once at start-up.
+#[cfg(feature = "failpoints")]
 static ARMED: std::sync::OnceLock<Failpoint> = std::sync::OnceLock::new();
 
 /// Makes the process abort when it reaches `point` (test builds only).
@@ -144,11 +145,16 @@ pub fn arm_failpoint(point: Failpoint) {
     let _ = ARMED.set(point);
 }
 
-/// Aborts the process here if `point` is armed.
+/// Aborts the process here if `point` is armed; nothing in a build
+/// without the `failpoints` feature.
+#[inline]
 pub(crate) fn failpoint_reached(point: Failpoint) {
+    #[cfg(feature = "failpoints")]
     if ARMED.get() == Some(&point) {
         std::process::abort();
     }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = point;
 }
 
 type FailpointHook = Box<dyn Fn(Failpoint) + Send + Sync>;
