@@ -279,29 +279,32 @@ fn run_setup(setup: &str, args: &Args) -> anyhow::Result<Outcome> {
     let barrier = Arc::new(Barrier::new(args.workers + 1));
     let mut handles = Vec::new();
     for accounts in worker_accounts {
-        let (ke1s, barrier, chatd_key, fleet) = (
-            ke1s.clone(),
-            barrier.clone(),
-            chatd_key.clone(),
-            fleet.clone(),
-        );
+        // Links are made here, one after another: the vault lets one
+        // address hold only a few handshakes at once.
+        let link = LinkClient::connect(addr, &chatd_key, &fleet.link_key).context("worker link")?;
+        let (ke1s, barrier, fleet) = (ke1s.clone(), barrier.clone(), fleet.clone());
         handles.push(std::thread::spawn(
             move || -> anyhow::Result<Vec<Duration>> {
-                let mut link = LinkClient::connect(addr, &chatd_key, &fleet.link_key)
-                    .context("worker link")?;
-                let mut n = 0usize;
-                for _ in 0..warm_per_worker {
-                    attempt(
-                        &mut link,
-                        &fleet,
-                        &accounts[n / PER_ACCOUNT],
-                        &ke1s[n % ke1s.len()],
-                    )?;
-                    n += 1;
-                }
+                // Reaches the barrier even when the warm-up fails, so the
+                // run ends with the error instead of waiting for ever.
+                let mut link = link;
+                let mut warm = || -> anyhow::Result<()> {
+                    for n in 0..warm_per_worker {
+                        attempt(
+                            &mut link,
+                            &fleet,
+                            &accounts[n / PER_ACCOUNT],
+                            &ke1s[n % ke1s.len()],
+                        )
+                        .context("warm-up attempt")?;
+                    }
+                    Ok(())
+                };
+                let warmed = warm();
                 barrier.wait();
+                warmed?;
                 let mut lat = Vec::with_capacity(per_worker);
-                for _ in 0..per_worker {
+                for n in warm_per_worker..warm_per_worker + per_worker {
                     let t = Instant::now();
                     attempt(
                         &mut link,
@@ -310,7 +313,6 @@ fn run_setup(setup: &str, args: &Args) -> anyhow::Result<Outcome> {
                         &ke1s[n % ke1s.len()],
                     )?;
                     lat.push(t.elapsed());
-                    n += 1;
                 }
                 Ok(lat)
             },

@@ -268,16 +268,9 @@ async fn poll(
         let Some(node) = membership.get_node(&id).cloned() else {
             continue;
         };
-        let mut factory = network.clone();
+        let network = network.clone();
         let req = req.clone();
-        asks.spawn(async move {
-            let mut client = factory.new_client(id, &node).await;
-            let answer = client
-                .confirm(&req, ttl)
-                .await
-                .unwrap_or(ConfirmAnswer::NotYet);
-            (id, answer)
-        });
+        asks.spawn(async move { (id, network.confirm_with(id, &node, &req, ttl).await) });
     }
     let (mut same, mut differs) = (1usize, Vec::new());
     let deadline = tokio::time::Instant::now() + ttl;

@@ -161,7 +161,17 @@ pub struct PeerNetwork {
     /// operators filter replica traffic by address).
     bind_source: Option<std::net::IpAddr>,
     pool: Pool,
+    /// Confirmations in flight per peer address ([`CONFIRMS_PER_PEER`]).
+    confirm_slots: Arc<Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
 }
+
+/// Confirmations ([`super::agreement`]) in flight to one peer at once.
+/// Each holds a connection, and a peer serves at most
+/// [`MAX_PEER_CONNS_PER_IP`] from one address: without a bound, a burst of
+/// concurrent commits had their confirmations refused ("too many
+/// connections") and failed as "not confirmed in time". Half the peer's
+/// allowance, so Raft's own connections always fit; more wait their turn.
+pub(super) const CONFIRMS_PER_PEER: usize = MAX_PEER_CONNS_PER_IP / 2;
 
 impl std::fmt::Debug for PeerNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -193,7 +203,36 @@ impl PeerNetwork {
             warn: Arc::default(),
             bind_source,
             pool: Arc::default(),
+            confirm_slots: Arc::default(),
         }
+    }
+
+    /// Asks node `id` at `node` to confirm `req` ([`super::agreement`]),
+    /// waiting for one of the [`CONFIRMS_PER_PEER`] slots of that peer;
+    /// `NotYet` if no slot or answer comes within `ttl`.
+    pub async fn confirm_with(
+        &self,
+        id: NodeId,
+        node: &VaultNode,
+        req: &ConfirmRequest,
+        ttl: Duration,
+    ) -> ConfirmAnswer {
+        let slots = self
+            .confirm_slots
+            .lock()
+            .entry(node.raft_addr.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(CONFIRMS_PER_PEER)))
+            .clone();
+        let started = tokio::time::Instant::now();
+        let Ok(Ok(_permit)) = tokio::time::timeout(ttl, slots.acquire_owned()).await else {
+            return ConfirmAnswer::NotYet;
+        };
+        let left = ttl.saturating_sub(started.elapsed());
+        let mut client = self.client(id, &node.raft_addr, self.pool.clone());
+        client
+            .confirm(req, left)
+            .await
+            .unwrap_or(ConfirmAnswer::NotYet)
     }
 }
 
