@@ -58,23 +58,32 @@ fn try_status(
     backup_client::vault_flow::status_from(&r).ok()
 }
 
+/// Registers `a` through `leader` (password "pw"), makes two wrong
+/// logins, and returns the attempts left.
+fn register_and_guess_wrong_twice(
+    c: &VaultCluster,
+    leader: usize,
+    a: &protocol_spec::ids::AccountId,
+    k: &protocol_spec::root_key::RootKey,
+) -> u32 {
+    let mut l = connect(c, leader);
+    register(&mut l, &c.fleet, a, b"pw", k);
+    for _ in 0..2 {
+        assert!(matches!(
+            login(&mut l, &c.fleet, a, b"wrong"),
+            Err(FlowError::WrongPassword { .. })
+        ));
+    }
+    status(&mut l, &c.fleet, a).attempts_remaining
+}
+
 #[test]
 fn failover_keeps_registrations_and_spent_attempts() {
     let mut c = three();
     let leader = c.wait_leader(Duration::from_secs(20));
     let a = account("alice");
     let k = key(1);
-    {
-        let mut l = connect(&c, leader);
-        register(&mut l, &c.fleet, &a, b"pw", &k);
-        for _ in 0..2 {
-            assert!(matches!(
-                login(&mut l, &c.fleet, &a, b"wrong"),
-                Err(FlowError::WrongPassword { .. })
-            ));
-        }
-        assert_eq!(status(&mut l, &c.fleet, &a).attempts_remaining, 3);
-    }
+    assert_eq!(register_and_guess_wrong_twice(&c, leader, &a, &k), 3);
     // Followers refuse tunnels and point at the leader.
     let follower = (leader + 1) % 3;
     let mut f = connect(&c, follower);
@@ -1025,17 +1034,7 @@ fn a_group_forms_and_serves_with_100_ms_between_replicas() {
     let leader = c.wait_serving(Duration::from_secs(60));
     let a = account("far");
     let k = key(30);
-    {
-        let mut l = connect(&c, leader);
-        register(&mut l, &c.fleet, &a, b"pw", &k);
-        for _ in 0..2 {
-            assert!(matches!(
-                login(&mut l, &c.fleet, &a, b"wrong"),
-                Err(FlowError::WrongPassword { .. })
-            ));
-        }
-        assert_eq!(status(&mut l, &c.fleet, &a).attempts_remaining, 8);
-    }
+    assert_eq!(register_and_guess_wrong_twice(&c, leader, &a, &k), 8);
     c.kill9(leader);
     let st = on_leader(&c, |l| try_status(l, &c, &a));
     assert_eq!(
