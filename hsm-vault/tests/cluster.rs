@@ -540,22 +540,7 @@ fn a_rolled_back_replica_as_leader_gives_no_spent_attempt_back_and_says_so() {
     let a = account("rolled");
     register(&mut connect(&c, leader), &c.fleet, &a, b"pw", &key(5));
     let r = (leader + 1) % 3;
-    let applied = |c: &VaultCluster, i: usize| {
-        c.status(i)
-            .and_then(|s| s["last_applied_index"].as_u64())
-            .unwrap_or(0)
-    };
-    let caught_up = |c: &VaultCluster, i: usize| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let l = c.wait_leader(Duration::from_secs(10));
-            if applied(c, i) >= applied(c, l) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "replica {i} never caught up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let caught_up = |c: &VaultCluster, i: usize| c.wait_caught_up(&[i], Duration::from_secs(20));
     caught_up(&c, r);
     // The attacker's copy: replica r's record as registered (0 attempts).
     c.kill9(r);
@@ -588,18 +573,7 @@ fn a_rolled_back_replica_as_leader_gives_no_spent_attempt_back_and_says_so() {
     }
     c.start(r);
     // Make it the leader (its log is as long as anyone's).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.leader() != Some(r) {
-        assert!(Instant::now() < deadline, "replica {r} never became leader");
-        let _ = c.status(r); // wait for it to answer at all
-        let mut cmd = std::process::Command::new(testkit::bin("hsm-vault"));
-        cmd.arg("--config")
-            .arg(&c.replicas[r].config)
-            .args(["cluster", "elect"])
-            .env("HSM_VAULT_FLEET_CONTROL_KEY", c.fleet.control_key.to_hex());
-        let _ = cmd.output();
-        std::thread::sleep(Duration::from_millis(1500));
-    }
+    c.elect(r, Duration::from_secs(60));
     // Asked while it leads, it does not report the rolled-back record (its
     // count, or its escrow epoch, SPEC 8.7): a read counts only once a
     // majority holds the same record.
@@ -904,35 +878,7 @@ fn kill9_inside_a_replicated_commit_gives_no_attempt_back() {
     );
     c.start_all();
     c.form();
-    let applied = |c: &VaultCluster, i: usize| {
-        c.status(i)
-            .and_then(|s| s["last_applied_index"].as_u64())
-            .unwrap_or(0)
-    };
-    let all_caught_up = |c: &VaultCluster| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let l = c.wait_leader(Duration::from_secs(10));
-            if (0..3).all(|i| applied(c, i) >= applied(c, l)) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the replicas never caught up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    let elect = |c: &VaultCluster, r: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while c.leader() != Some(r) {
-            assert!(Instant::now() < deadline, "replica {} never led", r + 1);
-            let mut cmd = std::process::Command::new(testkit::bin("hsm-vault"));
-            cmd.arg("--config")
-                .arg(&c.replicas[r].config)
-                .args(["cluster", "elect"])
-                .env("HSM_VAULT_FLEET_CONTROL_KEY", c.fleet.control_key.to_hex());
-            let _ = cmd.output();
-            std::thread::sleep(Duration::from_millis(1000));
-        }
-    };
+    let all_caught_up = |c: &VaultCluster| c.wait_caught_up(&[0, 1, 2], Duration::from_secs(30));
     for (n, (point, leader_side)) in [
         ("log-appended", true),
         ("record-applied", true),
@@ -961,7 +907,7 @@ fn kill9_inside_a_replicated_commit_gives_no_attempt_back() {
         c.kill9(target);
         c.start_with(target, &[("HSM_VAULT_FAILPOINT", point)]);
         if leader_side {
-            elect(&c, target);
+            c.elect(target, Duration::from_secs(60));
         }
         // Counted attempts through whoever leads, until the target aborts
         // (a few are enough; past that, only wait).

@@ -166,27 +166,7 @@ fn a_replica_whose_disk_fails_stops_and_its_group_carries_on() {
         // The disk works again: the replica starts and catches up.
         set_fault(&faults[victim], "");
         c.start_with(victim, &[(DISK_FAULTS, faults[victim].to_str().unwrap())]);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let l = c.wait_leader(Duration::from_secs(10));
-            let applied = |i| {
-                c.status(i)
-                    .and_then(|s| s["last_applied_index"].as_u64())
-                    .unwrap_or(0)
-            };
-            if l != victim && applied(victim) >= applied(l) {
-                break;
-            }
-            if l == victim {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica {} never caught up",
-                victim + 1
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        c.wait_caught_up(&[victim], Duration::from_secs(30));
     }
     // Guess on until the record locks: never more KE2s than the limit.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -353,6 +353,55 @@ impl VaultCluster {
         }
     }
 
+    /// Replica `i`'s last applied log index (0 while it does not answer).
+    pub fn applied(&self, i: usize) -> u64 {
+        self.status(i)
+            .and_then(|s| s["last_applied_index"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Waits until each replica in `which` has applied as far as the
+    /// leader; panics after `timeout`.
+    pub fn wait_caught_up(&self, which: &[usize], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let l = self.wait_leader(Duration::from_secs(10));
+            let want = self.applied(l);
+            if which.iter().all(|&i| self.applied(i) >= want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas {which:?} never caught up with the leader"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Makes replica `r` the leader (`hsm-vault cluster elect` on it,
+    /// again until it leads); panics after `timeout`.
+    pub fn elect(&self, r: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.leader() != Some(r) {
+            assert!(
+                Instant::now() < deadline,
+                "replica {} never became leader",
+                r + 1
+            );
+            let _ = self.status(r); // wait for it to answer at all
+            let mut cmd = Command::new(crate::bin("hsm-vault"));
+            cmd.arg("--config")
+                .arg(&self.replicas[r].config)
+                .args(["cluster", "elect"])
+                .env(
+                    "HSM_VAULT_FLEET_CONTROL_KEY",
+                    self.fleet.control_key.to_hex(),
+                );
+            let _ = cmd.output();
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+    }
+
     /// Slows every connection *to* replica `i`'s Raft listener (what the
     /// leader sends it and its answers) by `one_way` each way; connections
     /// it opens itself go through the others' proxies, undelayed.
