@@ -24,6 +24,7 @@ pub mod peer_service;
 pub mod recovery;
 pub mod role;
 pub mod storage;
+pub mod thread;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;

@@ -54,6 +54,8 @@ pub enum Commits {
     /// A member of a Raft group: commits need a majority.
     Raft {
         raft: Raft<VaultRaft>,
+        /// Where openraft's tasks run; stopped when this is dropped.
+        _thread: raft::thread::RaftThread,
         /// The operators' control plane, and its bound listener.
         control: Arc<ControlContext>,
         /// Taken when serving starts.
@@ -206,6 +208,7 @@ impl Replica {
                 control,
                 control_listener,
                 peer_addr,
+                ..
             } => {
                 if let Some(listener) = control_listener.take() {
                     let serving =
@@ -394,15 +397,18 @@ async fn join_group(
         bind_source,
     );
     let membership_network = network.clone();
-    let raft = Raft::new(
-        node_id,
-        Arc::new(raft_config),
-        network.clone(),
-        log_store,
-        state_machine,
-    )
-    .await
-    .map_err(|e| Error::Startup(format!("raft: {e}")))?;
+    // openraft's own tasks run on a thread of their own (see why there).
+    let raft_thread = raft::thread::RaftThread::start()?;
+    let raft = raft_thread
+        .run(Raft::new(
+            node_id,
+            Arc::new(raft_config),
+            network.clone(),
+            log_store,
+            state_machine,
+        ))
+        .await?
+        .map_err(|e| Error::Startup(format!("raft: {e}")))?;
     let divergence = Arc::new(raft::agreement::Divergence::default());
     tokio::spawn(peer_service::serve(
         peer_listener,
@@ -481,6 +487,7 @@ async fn join_group(
         records,
         commits: Commits::Raft {
             raft,
+            _thread: raft_thread,
             control,
             control_listener: Some(control_listener),
             peer_addr,
