@@ -127,7 +127,8 @@ pub fn table() -> Vec<MetricDef> {
         ),
         MetricDef::counter(
             "vault_overloaded_total",
-            "Requests refused because max_queued_requests were already waiting.",
+            "Work refused because its queue was full: requests (max_queued_requests waiting), \
+             commits waiting for a log entry, or confirmations waiting for a batch to a peer.",
         ),
         MetricDef::gauge("vault_links", "chatd links open now."),
         MetricDef::counter(
@@ -187,6 +188,15 @@ pub fn table() -> Vec<MetricDef> {
              majority held another record (read).",
         )
         .labels(&[("side", &["leader", "follower", "minority", "read"])]),
+        MetricDef::histogram(
+            "vault_commit_batch_size",
+            "Record commands per log entry the leader proposed (group commit: concurrent \
+             commits share one entry, one log write and one replication round).",
+        ),
+        MetricDef::histogram(
+            "vault_confirm_batch_size",
+            "Confirmations (agreement on what a commit wrote) per request to one peer.",
+        ),
         MetricDef::counter(
             "vault_raft_snapshots_built_total",
             "Raft snapshots this replica built.",

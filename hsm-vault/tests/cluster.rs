@@ -995,3 +995,71 @@ fn a_group_forms_and_serves_with_100_ms_between_replicas() {
     let st = on_leader(&c, |l| try_status(l, &c, &a));
     assert_eq!(st.attempts_remaining, 10, "the login reset the count");
 }
+
+/// Concurrent commits share log entries (group commit): 24 links count
+/// three attempts each at once, with replicas 20 ms apart, and the group
+/// writes far fewer entries than commits. Each attempt still counts once:
+/// every account ends exactly three attempts down, on every replica.
+#[test]
+fn concurrent_commits_share_log_entries_and_each_counts_once() {
+    const LINKS: usize = 24;
+    const ROUNDS: usize = 3;
+    let mut c = VaultCluster::new(
+        3,
+        VaultOptions {
+            max_attempts: 10,
+            workers: 2 * LINKS,
+            raft_timing: testkit::vault::RaftTiming::Distance { round_trip_ms: 40 },
+            ..VaultOptions::default()
+        },
+    );
+    c.start_all();
+    c.form();
+    let leader = c.wait_serving(Duration::from_secs(30));
+    let accounts: Vec<_> = (0..LINKS).map(|i| account(&format!("batch{i}"))).collect();
+    let mut l = connect(&c, leader);
+    for (i, a) in accounts.iter().enumerate() {
+        register(&mut l, &c.fleet, a, b"pw", &key(40 + i as u8));
+    }
+    for i in 0..3 {
+        c.delay(i, Duration::from_millis(20));
+    }
+    // Links one at a time (a replica admits a few link handshakes at once).
+    let links: Vec<LinkClient> = (0..LINKS).map(|_| connect(&c, leader)).collect();
+    let before = c.applied(leader);
+    let start = std::sync::Barrier::new(LINKS);
+    std::thread::scope(|s| {
+        for (a, mut link) in accounts.iter().zip(links) {
+            let (c, start) = (&c, &start);
+            s.spawn(move || {
+                start.wait();
+                for n in 0..ROUNDS {
+                    let got = login_start_only(&mut link, &c.fleet, a);
+                    assert!(
+                        matches!(got, Ok(VaultResponse::LoginStarted { .. })),
+                        "{a} attempt {n}: {got:?}"
+                    );
+                }
+            });
+        }
+    });
+    let entries = c.applied(leader) - before;
+    let commits = (LINKS * ROUNDS) as u64;
+    println!("{commits} commits in {entries} log entries");
+    assert!(
+        entries <= commits / 2,
+        "{commits} concurrent commits took {entries} log entries: they were not batched"
+    );
+    for i in 0..3 {
+        c.delay(i, Duration::ZERO);
+    }
+    c.wait_caught_up(&[0, 1, 2], Duration::from_secs(20));
+    for a in &accounts {
+        let st = on_leader(&c, |l| try_status(l, &c, a));
+        assert_eq!(st.attempts_remaining, 10 - ROUNDS as u32, "{a}");
+    }
+    for i in 0..3 {
+        let log = c.log(i);
+        assert!(!log.contains("diverged"), "replica {}:\n{log}", i + 1);
+    }
+}

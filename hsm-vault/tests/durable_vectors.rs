@@ -2,7 +2,7 @@
 //! Golden vectors for the vault's durable and internal formats: record
 //! bodies (format 2, and a format 1 body that must still be read), a sealed
 //! record body, a stored record, a command, a Raft log entry, the node key
-//! table's log commands, `fleet.sealed`, a sealed node key, and the
+//! table's log commands, a group commit's entry, `fleet.sealed`, a sealed node key, and the
 //! replica-to-replica handshake payloads and node key proofs. Any change
 //! to these bytes fails here; a replica of the new build could no longer
 //! read its store, its log, or its peers. If a change is intended, bump the
@@ -114,6 +114,27 @@ fn retire_node() -> LogCommand {
     LogCommand::PeerKey(PeerKeyChange::Retire { node: 3 })
 }
 
+/// A group commit: two record commands of two accounts in one entry.
+fn record_commands() -> LogCommand {
+    let other = AccountId::new("+15559876543").unwrap();
+    let sealed = record::seal(
+        &SoftSealer::new(SEAL_KEY),
+        &SeededEntropy::new(2),
+        &other,
+        1,
+        &registered(),
+    )
+    .unwrap();
+    LogCommand::Records(vec![
+        command(),
+        Command::PutRecord {
+            account: other,
+            expected_version: 0,
+            record: sealed,
+        },
+    ])
+}
+
 fn node_signer() -> NodeSigner {
     NodeSigner::from_seed(&[0x11; 32]).unwrap()
 }
@@ -198,6 +219,7 @@ fn durable_and_internal_formats_match_their_golden_bytes() {
         ),
         ("log_command_register_key".into(), register_key().encode()),
         ("log_command_retire_node".into(), retire_node().encode()),
+        ("log_command_records".into(), record_commands().encode()),
         ("fleet_sealed".into(), fleet_sealed()),
         ("sealed_node_key".into(), sealed_node_key()),
         (
@@ -276,6 +298,10 @@ fn golden_bytes_decode_back() {
     assert_eq!(
         LogCommand::decode(&g["log_command_retire_node"]).unwrap(),
         retire_node()
+    );
+    assert_eq!(
+        LogCommand::decode(&g["log_command_records"]).unwrap(),
+        record_commands()
     );
     let opened = NodeSigner::open(&g["sealed_node_key"], 2, &sealer).unwrap();
     assert_eq!(

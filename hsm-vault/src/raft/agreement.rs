@@ -194,44 +194,69 @@ impl Divergence {
     }
 }
 
-/// Follower side: waits (bounded) until `req.index` is applied here, then
-/// compares the account's record.
+/// Follower side: for each question, waits (at most its `wait_ms`, capped
+/// at `cap`, counted from now) until its entry is applied here, then
+/// compares the account's record. One answer per question, in order; the
+/// records are read from the store in one go.
 pub async fn answer(
     raft: &Raft<VaultRaft>,
     store: &Arc<RecordStore>,
     recent: &RecentWrites,
-    req: &ConfirmRequest,
-    wait: Duration,
-) -> ConfirmAnswer {
-    let applied = raft
-        .wait(Some(wait))
-        .applied_index_at_least(Some(req.index), "confirm")
-        .await;
-    if applied.is_err() {
-        return ConfirmAnswer::NotYet;
+    reqs: &[ConfirmRequest],
+    cap: Duration,
+) -> Vec<ConfirmAnswer> {
+    let started = tokio::time::Instant::now();
+    let mut answers = vec![ConfirmAnswer::NotYet; reqs.len()];
+    let mut order: Vec<usize> = (0..reqs.len()).collect();
+    order.sort_by_key(|&i| reqs[i].index);
+    let mut applied: Vec<(usize, AccountId)> = Vec::with_capacity(reqs.len());
+    for i in order {
+        let req = &reqs[i];
+        let Ok(account) = AccountId::new(req.account.clone()) else {
+            answers[i] = ConfirmAnswer::Differs;
+            continue;
+        };
+        let wait = Duration::from_millis(req.wait_ms.into()).min(cap);
+        let left = wait.saturating_sub(started.elapsed());
+        let done = raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(req.index), "confirm")
+            .await;
+        if done.is_ok() {
+            applied.push((i, account));
+        }
     }
-    let Ok(account) = AccountId::new(req.account.clone()) else {
-        return ConfirmAnswer::Differs;
-    };
+    if applied.is_empty() {
+        return answers;
+    }
     let store = store.clone();
-    let acct = account.clone();
-    let record = tokio::task::spawn_blocking(move || store.get(&acct)).await;
-    let Ok(Ok(record)) = record else {
-        return ConfirmAnswer::NotYet;
+    let accounts: Vec<AccountId> = applied.iter().map(|(_, a)| a.clone()).collect();
+    let records = tokio::task::spawn_blocking(move || {
+        accounts
+            .iter()
+            .map(|a| store.get(a))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await;
+    let Ok(Ok(records)) = records else {
+        return answers;
     };
-    // Checked after the read: a later write the read saw was noted before
-    // it reached the store.
-    if recent.written_after(&account, req.index) {
-        return ConfirmAnswer::Later;
+    for ((i, account), record) in applied.into_iter().zip(records) {
+        let req = &reqs[i];
+        // Checked after the read: a later write the read saw was noted
+        // before it reached the store.
+        answers[i] = if recent.written_after(&account, req.index) {
+            ConfirmAnswer::Later
+        } else if record_digest(&account, record.as_ref()) == req.digest {
+            ConfirmAnswer::Same
+        } else {
+            // Which of the two diverged is decided by the majority; the
+            // leader tells a minority that it is one.
+            tracing::warn!(%account, index = req.index, "this replica's record differs from the leader's after the same log entry");
+            ConfirmAnswer::Differs
+        };
     }
-    if record_digest(&account, record.as_ref()) == req.digest {
-        ConfirmAnswer::Same
-    } else {
-        // Which of the two diverged is decided by the majority; the
-        // leader tells a minority that it is one.
-        tracing::warn!(%account, index = req.index, "this replica's record differs from the leader's after the same log entry");
-        ConfirmAnswer::Differs
-    }
+    answers
 }
 
 /// What the other voters said about one [`ConfirmRequest`].

@@ -5,7 +5,14 @@
 //! record command  format u8 = 1 || 1 || (as state::command)
 //! register key    format u8 = 1 || 2 || node u64 BE || key [32]
 //! retire node     format u8 = 1 || 3 || node u64 BE
+//! record commands  format u8 = 1 || 4 || count u16 BE (2..=64)
+//!                  || count × (len u32 BE || record command)
 //! ```
+//!
+//! Several record commands in one entry are the leader's group commit
+//! ([`super::group_commit`]): concurrent commits share one log write and
+//! one replication round. They apply in order, each its own
+//! compare-and-set, and no two of one entry touch the same account.
 //!
 //! A record command's bytes are exactly the core's [`Command`] encoding,
 //! so every log written before node keys existed still reads.
@@ -21,12 +28,21 @@ use crate::Error;
 
 const REGISTER: u8 = 2;
 const RETIRE: u8 = 3;
+const RECORDS: u8 = 4;
+
+/// Most record commands one log entry carries. openraft sends up to 300
+/// entries in one append: 64 records of about 500 bytes each keep that
+/// under the peer record limit.
+pub const MAX_RECORDS_PER_ENTRY: usize = 64;
 
 /// One log entry's command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogCommand {
     Record(Command),
     PeerKey(PeerKeyChange),
+    /// 2 to [`MAX_RECORDS_PER_ENTRY`] record commands, applied in order,
+    /// each of a different account.
+    Records(Vec<Command>),
 }
 
 impl From<Command> for LogCommand {
@@ -48,6 +64,16 @@ impl LogCommand {
             LogCommand::PeerKey(PeerKeyChange::Retire { node }) => {
                 let mut out = vec![COMMAND_FORMAT, RETIRE];
                 out.extend_from_slice(&node.to_be_bytes());
+                out
+            }
+            LogCommand::Records(cmds) => {
+                let mut out = vec![COMMAND_FORMAT, RECORDS];
+                out.extend_from_slice(&(cmds.len() as u16).to_be_bytes());
+                for c in cmds {
+                    let b = c.encode();
+                    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                    out.extend_from_slice(&b);
+                }
                 out
             }
         }
@@ -72,7 +98,36 @@ impl LogCommand {
                 }
                 Ok(LogCommand::PeerKey(change))
             }
+            [COMMAND_FORMAT, RECORDS, ..] => {
+                let mut r = Reader::new(&bytes[2..]);
+                let count = u16::from_be_bytes(r.array().map_err(corrupt)?) as usize;
+                if !(2..=MAX_RECORDS_PER_ENTRY).contains(&count) {
+                    return Err(Error::Corrupt("log command: record count"));
+                }
+                let mut cmds: Vec<Command> = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let len = u32::from_be_bytes(r.array().map_err(corrupt)?) as usize;
+                    let c = Command::decode(r.take(len).map_err(corrupt)?)?;
+                    if cmds.iter().any(|o| o.account() == c.account()) {
+                        return Err(Error::Corrupt("log command: an account twice"));
+                    }
+                    cmds.push(c);
+                }
+                if r.remaining() != 0 {
+                    return Err(Error::Corrupt("log command: trailing bytes"));
+                }
+                Ok(LogCommand::Records(cmds))
+            }
             _ => Command::decode(bytes).map(LogCommand::Record),
+        }
+    }
+
+    /// The record commands this entry carries, in order.
+    pub fn records(&self) -> &[Command] {
+        match self {
+            LogCommand::Record(c) => std::slice::from_ref(c),
+            LogCommand::Records(cs) => cs,
+            LogCommand::PeerKey(_) => &[],
         }
     }
 }
@@ -141,6 +196,34 @@ mod tests {
             assert!(LogCommand::decode(&b[..b.len() - 1]).is_err());
         }
         assert!(LogCommand::decode(&[COMMAND_FORMAT, 9]).is_err());
+        // Several record commands in one entry, each of its own account.
+        let other = |name: &str| Command::PutRecord {
+            account: AccountId::new(name).unwrap(),
+            expected_version: 0,
+            record: StoredRecord {
+                version: 1,
+                sealed: vec![9; 40],
+            },
+        };
+        let batch = LogCommand::Records(vec![c.clone(), other("+1666"), other("+1777")]);
+        let b = batch.encode();
+        assert_eq!(LogCommand::decode(&b).unwrap(), batch);
+        assert_eq!(batch.records().len(), 3);
+        let wire = postcard::to_allocvec(&batch).unwrap();
+        assert_eq!(postcard::from_bytes::<LogCommand>(&wire).unwrap(), batch);
+        let mut long = b.clone();
+        long.push(0);
+        assert!(LogCommand::decode(&long).is_err());
+        assert!(LogCommand::decode(&b[..b.len() - 1]).is_err());
+        // One account twice, fewer than two or too many commands: refused.
+        let twice = LogCommand::Records(vec![other("+1666"), other("+1666")]).encode();
+        assert!(LogCommand::decode(&twice).is_err());
+        let one = LogCommand::Records(vec![other("+1666")]).encode();
+        assert!(LogCommand::decode(&one).is_err());
+        let many: Vec<Command> = (0..=MAX_RECORDS_PER_ENTRY)
+            .map(|i| other(&format!("+1{i:05}")))
+            .collect();
+        assert!(LogCommand::decode(&LogCommand::Records(many).encode()).is_err());
         assert!(LogCommand::decode(&[]).is_err());
     }
 

@@ -16,6 +16,7 @@ pub mod agreement;
 pub mod codec;
 #[cfg(feature = "test-hooks")]
 pub mod fuzzing;
+pub mod group_commit;
 pub mod identity;
 pub mod log_command;
 pub mod network;
@@ -31,7 +32,7 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::RaftError;
 use openraft::Raft;
 use protocol_spec::ids::AccountId;
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,8 @@ pub enum CommandOutcome {
     Nothing,
     Record(ApplyOutcome),
     PeerKey(peer_keys::PeerKeyOutcome),
+    /// One outcome per command of a [`log_command::LogCommand::Records`].
+    Records(Vec<ApplyOutcome>),
 }
 
 openraft::declare_raft_types!(
@@ -82,6 +85,8 @@ pub struct ReplicatedRecords {
     store: Arc<RecordStore>,
     network: network::PeerNetwork,
     divergence: Arc<agreement::Divergence>,
+    /// Commits share log entries ([`group_commit`]).
+    commits: group_commit::CommitQueue,
     rt: tokio::runtime::Handle,
     timeout: Duration,
 }
@@ -101,7 +106,12 @@ impl ReplicatedRecords {
         rt: tokio::runtime::Handle,
         timeout: Duration,
     ) -> Self {
+        let commits = {
+            let _entered = rt.enter();
+            group_commit::CommitQueue::start(raft.clone(), timeout)
+        };
         ReplicatedRecords {
+            commits,
             raft,
             store,
             network,
@@ -188,50 +198,32 @@ impl Records for ReplicatedRecords {
 
     fn commit(&self, cmd: Command) -> Result<ApplyOutcome, Error> {
         self.refuse_if_diverged()?;
-        let raft = self.raft.clone();
         let account = cmd.account().clone();
         let Command::PutRecord { record, .. } = &cmd;
         let digest = agreement::record_digest(&account, Some(record));
         let started = std::time::Instant::now();
-        let written = self.rt.block_on(async {
-            tokio::time::timeout(self.timeout, raft.client_write(cmd.into())).await
-        });
-        match written {
-            Ok(Ok(resp)) => {
-                let CommandOutcome::Record(outcome) = resp.data else {
-                    return Err(Error::Unavailable("command produced no record outcome"));
-                };
-                if outcome == ApplyOutcome::Applied {
-                    // Counts only once a majority holds what it wrote.
-                    let req = self.confirm_request(
-                        resp.log_id.index,
-                        resp.log_id.leader_id.term,
-                        &account,
-                        digest,
-                    );
-                    let left = self.timeout.saturating_sub(started.elapsed());
-                    self.rt.block_on(agreement::confirm_majority(
-                        &self.raft,
-                        &self.network,
-                        &self.divergence,
-                        req,
-                        left.max(Duration::from_millis(100)),
-                    ))?;
-                }
-                Ok(outcome)
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(Error::NotLeader {
-                    leader_hint: f.leader_node.map(|n| n.link_addr),
-                })
-            }
-            Ok(Err(e)) => Err(leader_error(&e)),
-            // The proposal may still commit later; the caller treats it as
-            // not acknowledged (a counted attempt stays spent either way).
-            Err(_) => Err(Error::Unavailable(
-                "commit not confirmed by a majority in time",
-            )),
+        let committed = self
+            .rt
+            .block_on(async { tokio::time::timeout(self.timeout, self.commits.commit(cmd)).await })
+            .map_err(|_| Error::Unavailable("commit not confirmed by a majority in time"))??;
+        if committed.outcome == ApplyOutcome::Applied {
+            // Counts only once a majority holds what it wrote.
+            let req = self.confirm_request(
+                committed.log_id.index,
+                committed.log_id.leader_id.term,
+                &account,
+                digest,
+            );
+            let left = self.timeout.saturating_sub(started.elapsed());
+            self.rt.block_on(agreement::confirm_majority(
+                &self.raft,
+                &self.network,
+                &self.divergence,
+                req,
+                left.max(Duration::from_millis(100)),
+            ))?;
         }
+        Ok(committed.outcome)
     }
 }
 

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use service_kit::records::{read_record, write_record, RecordError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 
 use super::agreement::{ConfirmAnswer, ConfirmRequest};
 use super::codec::{self, CodecError};
@@ -63,6 +64,9 @@ pub(super) enum PeerRequest {
     Confirm(ConfirmRequest),
     /// The majority holds another record than you after this entry.
     Diverged(ConfirmRequest),
+    /// [`PeerRequest::Confirm`] for several entries at once (at most
+    /// [`MAX_CONFIRM_BATCH`]), answered in the same order.
+    ConfirmBatch(Vec<ConfirmRequest>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -72,6 +76,7 @@ pub(super) enum PeerResponse {
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Confirm(ConfirmAnswer),
     Noted,
+    ConfirmBatch(Vec<ConfirmAnswer>),
 }
 
 /// Why a call to another replica, or a connection from one, failed. The
@@ -113,6 +118,8 @@ pub enum PeerError {
     Task(String),
     #[error("the peer answered a different request")]
     Mismatch,
+    #[error("{0} confirmations in one batch; at most {MAX_CONFIRM_BATCH}")]
+    TooManyConfirms(usize),
 }
 
 /// A frame's plaintext: the version byte, then one postcard value.
@@ -161,17 +168,28 @@ pub struct PeerNetwork {
     /// operators filter replica traffic by address).
     bind_source: Option<std::net::IpAddr>,
     pool: Pool,
-    /// Confirmations in flight per peer address ([`CONFIRMS_PER_PEER`]).
-    confirm_slots: Arc<Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>>,
+    /// Confirmations waiting for a batch, per peer address.
+    confirm_queues: Arc<Mutex<HashMap<String, mpsc::Sender<PendingConfirm>>>>,
 }
 
-/// Confirmations ([`super::agreement`]) in flight to one peer at once.
-/// Each holds a connection, and a peer serves at most
-/// [`MAX_PEER_CONNS_PER_IP`] from one address: without a bound, a burst of
-/// concurrent commits had their confirmations refused ("too many
-/// connections") and failed as "not confirmed in time". Half the peer's
-/// allowance, so Raft's own connections always fit; more wait their turn.
-pub(super) const CONFIRMS_PER_PEER: usize = MAX_PEER_CONNS_PER_IP / 2;
+/// Confirmation batches ([`super::agreement`]) in flight to one peer at
+/// once. Each holds a connection, and a peer serves at most
+/// [`MAX_PEER_CONNS_PER_IP`] from one address, so Raft's own connections
+/// always fit; as many as the pool keeps, so each batch reuses one.
+pub(super) const CONFIRMS_PER_PEER: usize = POOL_PER_PEER;
+/// Most confirmations one batch carries (each about 100 bytes).
+pub const MAX_CONFIRM_BATCH: usize = 512;
+/// Confirmations waiting for a batch to one peer; past that a commit's
+/// question to that peer is answered `NotYet` at once (backpressure, not
+/// an unbounded queue).
+const CONFIRM_QUEUE: usize = 8 * MAX_CONFIRM_BATCH;
+
+/// A question to one peer, waiting for the next batch.
+pub(super) struct PendingConfirm {
+    req: ConfirmRequest,
+    deadline: tokio::time::Instant,
+    answer: oneshot::Sender<ConfirmAnswer>,
+}
 
 impl std::fmt::Debug for PeerNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -203,13 +221,17 @@ impl PeerNetwork {
             warn: Arc::default(),
             bind_source,
             pool: Arc::default(),
-            confirm_slots: Arc::default(),
+            confirm_queues: Arc::default(),
         }
     }
 
-    /// Asks node `id` at `node` to confirm `req` ([`super::agreement`]),
-    /// waiting for one of the [`CONFIRMS_PER_PEER`] slots of that peer;
-    /// `NotYet` if no slot or answer comes within `ttl`.
+    /// Asks node `id` at `node` to confirm `req` ([`super::agreement`]);
+    /// `NotYet` if no answer comes within `ttl`.
+    ///
+    /// Questions to one peer travel in batches: while
+    /// [`CONFIRMS_PER_PEER`] batches are in flight, new questions wait and
+    /// leave together in the next one, so a burst of concurrent commits
+    /// costs a few round trips, not one connection each.
     pub async fn confirm_with(
         &self,
         id: NodeId,
@@ -217,22 +239,38 @@ impl PeerNetwork {
         req: &ConfirmRequest,
         ttl: Duration,
     ) -> ConfirmAnswer {
-        let slots = self
-            .confirm_slots
-            .lock()
-            .entry(node.raft_addr.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(CONFIRMS_PER_PEER)))
-            .clone();
-        let started = tokio::time::Instant::now();
-        let Ok(Ok(_permit)) = tokio::time::timeout(ttl, slots.acquire_owned()).await else {
-            return ConfirmAnswer::NotYet;
+        let deadline = tokio::time::Instant::now() + ttl;
+        let (answer, answered) = oneshot::channel();
+        let pending = PendingConfirm {
+            req: req.clone(),
+            deadline,
+            answer,
         };
-        let left = ttl.saturating_sub(started.elapsed());
-        let mut client = self.client(id, &node.raft_addr, self.pool.clone());
-        client
-            .confirm(req, left)
-            .await
-            .unwrap_or(ConfirmAnswer::NotYet)
+        if self
+            .confirm_queue(id, &node.raft_addr)
+            .try_send(pending)
+            .is_err()
+        {
+            metrics::counter!("vault_overloaded_total").increment(1);
+            return ConfirmAnswer::NotYet;
+        }
+        match tokio::time::timeout_at(deadline, answered).await {
+            Ok(Ok(a)) => a,
+            _ => ConfirmAnswer::NotYet,
+        }
+    }
+
+    /// The queue of questions to the peer at `addr`, and its batching task
+    /// the first time.
+    fn confirm_queue(&self, id: NodeId, addr: &str) -> mpsc::Sender<PendingConfirm> {
+        let mut queues = self.confirm_queues.lock();
+        if let Some(q) = queues.get(addr).filter(|q| !q.is_closed()) {
+            return q.clone();
+        }
+        let (tx, rx) = mpsc::channel(CONFIRM_QUEUE);
+        tokio::spawn(confirm_batches(self.clone(), id, addr.to_owned(), rx));
+        queues.insert(addr.to_owned(), tx.clone());
+        tx
     }
 }
 
@@ -464,6 +502,20 @@ impl PeerClient {
         }
     }
 
+    /// Asks about several committed entries at once; one answer each, in
+    /// order.
+    pub async fn confirm_batch(
+        &mut self,
+        reqs: Vec<ConfirmRequest>,
+        ttl: Duration,
+    ) -> Result<Vec<ConfirmAnswer>, PeerError> {
+        let n = reqs.len();
+        match self.call(PeerRequest::ConfirmBatch(reqs), ttl).await? {
+            PeerResponse::ConfirmBatch(a) if a.len() == n => Ok(a),
+            _ => Err(PeerError::Mismatch),
+        }
+    }
+
     /// Tells the peer that the majority holds another record than it does.
     pub async fn notify_diverged(
         &mut self,
@@ -479,6 +531,55 @@ impl PeerClient {
     fn unreachable<E: std::error::Error>(&self, e: PeerError) -> RPCError<NodeId, VaultNode, E> {
         tracing::debug!(target = self.target, error = %e, "peer rpc failed");
         RPCError::Unreachable(Unreachable::new(&e))
+    }
+}
+
+/// Sends the questions queued for one peer in batches, at most
+/// [`CONFIRMS_PER_PEER`] in flight: a batch leaves as soon as a slot is
+/// free and takes everything queued by then. Ends with the queue.
+async fn confirm_batches(
+    network: PeerNetwork,
+    id: NodeId,
+    addr: String,
+    mut queue: mpsc::Receiver<PendingConfirm>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONFIRMS_PER_PEER));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_CONFIRM_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        // A commit that gave up waits for no answer.
+        batch.retain(|p| !p.answer.is_closed());
+        let Some(deadline) = batch.iter().map(|p| p.deadline).max() else {
+            continue;
+        };
+        metrics::histogram!("vault_confirm_batch_size").record(batch.len() as f64);
+        let mut client = network.client(id, &addr, network.pool.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let ttl = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (reqs, answers): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.req, p.answer)).unzip();
+            match client.confirm_batch(reqs, ttl).await {
+                Ok(got) => {
+                    for (answer, a) in answers.into_iter().zip(got) {
+                        let _ = answer.send(a);
+                    }
+                }
+                // Dropped senders: each commit hears `NotYet`.
+                Err(e) => tracing::debug!(target = id, error = %e, "confirmation batch failed"),
+            }
+        });
     }
 }
 

@@ -20,8 +20,9 @@ use super::agreement::{self, Divergence, RecentWrites};
 use super::codec;
 use super::identity::{PeerHello, PeerIdentity, WarnOnce};
 use super::network::{
-    frame, unframe, PeerError, PeerRequest, PeerResponse, MAX_PEER_CONNS, MAX_PEER_CONNS_PER_IP,
-    MAX_PEER_RECORD, MAX_SNAPSHOT_BYTES, PEER_HANDSHAKE_TIMEOUT, PEER_IDLE_TIMEOUT,
+    frame, unframe, PeerError, PeerRequest, PeerResponse, MAX_CONFIRM_BATCH, MAX_PEER_CONNS,
+    MAX_PEER_CONNS_PER_IP, MAX_PEER_RECORD, MAX_SNAPSHOT_BYTES, PEER_HANDSHAKE_TIMEOUT,
+    PEER_IDLE_TIMEOUT,
 };
 use super::peer_keys::{NodeProof, NodeSigner, PeerKeys, ProofRole};
 use super::VaultRaft;
@@ -177,9 +178,16 @@ async fn serve_peer(
                 PeerResponse::Snapshot(raft.install_snapshot(r).await)
             }
             PeerRequest::Confirm(r) => {
-                let wait = Duration::from_millis(r.wait_ms.into()).min(MAX_CONFIRM_WAIT);
-                PeerResponse::Confirm(
-                    agreement::answer(raft, &svc.store, &svc.recent, &r, wait).await,
+                let answers =
+                    agreement::answer(raft, &svc.store, &svc.recent, &[r], MAX_CONFIRM_WAIT).await;
+                PeerResponse::Confirm(answers[0])
+            }
+            PeerRequest::ConfirmBatch(reqs) => {
+                if reqs.len() > MAX_CONFIRM_BATCH {
+                    return Err(PeerError::TooManyConfirms(reqs.len()));
+                }
+                PeerResponse::ConfirmBatch(
+                    agreement::answer(raft, &svc.store, &svc.recent, &reqs, MAX_CONFIRM_WAIT).await,
                 )
             }
             PeerRequest::Diverged(r) => {

@@ -243,7 +243,7 @@ impl RaftLogStorage<VaultRaft> for RaftLogStore {
         let rows: Vec<(u64, Vec<u8>)> = entries
             .into_iter()
             .map(|e| {
-                records |= matches!(e.payload, EntryPayload::Normal(LogCommand::Record(_)));
+                records |= matches!(&e.payload, EntryPayload::Normal(c) if !c.records().is_empty());
                 Ok((e.log_id.index, enc(&e)?))
             })
             .collect::<Result<_, SErr>>()?;
@@ -502,6 +502,16 @@ impl RaftStateMachine<VaultRaft> for RecordStateMachine {
                         let outcome = apply_in(&txn, cmd).map_err(io_err)?;
                         out.push(CommandOutcome::Record(outcome));
                     }
+                    EntryPayload::Normal(LogCommand::Records(cmds)) => {
+                        // In order, each its own compare-and-set, as if
+                        // they were consecutive entries.
+                        let mut outcomes = Vec::with_capacity(cmds.len());
+                        for cmd in cmds {
+                            recent.note(e.log_id.index, cmd.account());
+                            outcomes.push(apply_in(&txn, cmd).map_err(io_err)?);
+                        }
+                        out.push(CommandOutcome::Records(outcomes));
+                    }
                     EntryPayload::Normal(LogCommand::PeerKey(change)) => {
                         let table = match &mut keys {
                             Some(t) => t,
@@ -541,7 +551,10 @@ impl RaftStateMachine<VaultRaft> for RecordStateMachine {
                 }
             }
             txn.commit().map_err(io_err)?;
-            if out.iter().any(|o| matches!(o, CommandOutcome::Record(_))) {
+            if out
+                .iter()
+                .any(|o| matches!(o, CommandOutcome::Record(_) | CommandOutcome::Records(_)))
+            {
                 failpoint_reached(Failpoint::RecordApplied);
             }
             if let Some(t) = keys {
