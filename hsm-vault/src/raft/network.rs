@@ -490,18 +490,6 @@ impl PeerClient {
         Ok(c.transport.open(&rec, MAX_PEER_RECORD)?)
     }
 
-    /// Asks whether the peer holds the record a committed entry wrote.
-    pub async fn confirm(
-        &mut self,
-        req: &ConfirmRequest,
-        ttl: Duration,
-    ) -> Result<ConfirmAnswer, PeerError> {
-        match self.call(PeerRequest::Confirm(req.clone()), ttl).await? {
-            PeerResponse::Confirm(a) => Ok(a),
-            _ => Err(PeerError::Mismatch),
-        }
-    }
-
     /// Asks about several committed entries at once; one answer each, in
     /// order.
     pub async fn confirm_batch(
