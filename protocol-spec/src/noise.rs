@@ -420,20 +420,36 @@ impl Transport {
     /// Encrypts one frame, splitting it into Noise messages of at most
     /// 65,519 plaintext bytes.
     pub fn seal(&mut self, frame: &[u8]) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::with_capacity(sealed_len(frame.len()));
+        self.seal_into(frame, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`Transport::seal`], appending the sealed frame to `out`, so a
+    /// writer can seal several frames into one buffer. On an error `out`
+    /// is as it was.
+    pub fn seal_into(&mut self, frame: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
         if self.poisoned {
             return Err(Error::Decrypt);
         }
-        let mut out = vec![0u8; sealed_len(frame.len())];
-        let mut written = 0;
+        let start = out.len();
+        out.resize(start + sealed_len(frame.len()), 0);
+        let mut written = start;
         let mut chunks = frame.chunks(NOISE_MAX_PAYLOAD).peekable();
-        if chunks.peek().is_none() {
-            written += self.write_chunk(&[], &mut out[written..])?;
+        let sealed = (|| {
+            if chunks.peek().is_none() {
+                written += self.write_chunk(&[], &mut out[written..])?;
+            }
+            for chunk in chunks {
+                written += self.write_chunk(chunk, &mut out[written..])?;
+            }
+            Ok(())
+        })();
+        if sealed.is_err() {
+            out.truncate(start);
         }
-        for chunk in chunks {
-            written += self.write_chunk(chunk, &mut out[written..])?;
-        }
-        debug_assert_eq!(written, out.len());
-        Ok(out)
+        debug_assert!(sealed.is_err() || written == out.len());
+        sealed
     }
 
     fn write_chunk(&mut self, chunk: &[u8], out: &mut [u8]) -> Result<usize, Error> {
@@ -654,6 +670,34 @@ mod tests {
             assert_eq!(sealed.len(), sealed_len(len));
             assert_eq!(b.open(&sealed, 300_000).unwrap(), frame);
         }
+    }
+
+    /// Several frames sealed into one buffer, as a link writer batches
+    /// them, open one by one in order; a failed seal leaves the buffer.
+    #[test]
+    fn frames_sealed_into_one_buffer_open_in_order() {
+        let (mut a, mut b, _, _) = pair(Channel::Link);
+        let frames: Vec<Vec<u8>> = [0, 1, 700, NOISE_MAX_PAYLOAD + 5]
+            .iter()
+            .map(|&len| vec![len as u8; len])
+            .collect();
+        let mut out = b"head".to_vec();
+        let mut ends = Vec::new();
+        for f in &frames {
+            a.seal_into(f, &mut out).unwrap();
+            ends.push(out.len());
+        }
+        assert_eq!(&out[..4], b"head");
+        let mut start = 4;
+        for (f, end) in frames.iter().zip(ends) {
+            assert_eq!(end - start, sealed_len(f.len()));
+            assert_eq!(&b.open(&out[start..end], 100_000).unwrap(), f);
+            start = end;
+        }
+        a.poisoned = true;
+        let before = out.clone();
+        assert!(a.seal_into(b"x", &mut out).is_err());
+        assert_eq!(out, before);
     }
 
     #[test]
