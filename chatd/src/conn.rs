@@ -283,21 +283,26 @@ async fn drive(
     let (events_tx, mut events_rx) = mpsc::channel::<ConnEvent>(fe.cfg.limits.outbound_queue);
     let slow = Duration::from_secs(fe.cfg.limits.slow_consumer_secs);
     let mut shutdown = fe.shutdown.clone();
+    // Messages to the client are queued in the WebSocket's buffer and
+    // flushed once nothing else is ready, so frames that are ready
+    // together leave in one write.
+    let mut unflushed = false;
+    let mut coalesced = 0;
     loop {
         while let Some(action) = session.poll_action() {
             match action {
                 ConnAction::ToClient(bytes) => {
-                    let sent = ws.send(Message::Binary(bytes.into()));
-                    match tokio::time::timeout(slow, sent).await {
-                        Ok(Ok(())) => {}
+                    let queued = ws.feed(Message::Binary(bytes.into()));
+                    match tokio::time::timeout(slow, queued).await {
+                        Ok(Ok(())) => unflushed = true,
                         Ok(Err(_)) => session.on_client_gone(),
                         Err(_) => session.on_send_stalled(),
                     }
                 }
                 ConnAction::Ping => {
-                    let sent = ws.send(Message::Ping(Vec::new().into()));
-                    match tokio::time::timeout(slow, sent).await {
-                        Ok(Ok(())) => {}
+                    let queued = ws.feed(Message::Ping(Vec::new().into()));
+                    match tokio::time::timeout(slow, queued).await {
+                        Ok(Ok(())) => unflushed = true,
                         Ok(Err(_)) => session.on_client_gone(),
                         Err(_) => session.on_send_stalled(),
                     }
@@ -307,6 +312,8 @@ async fn drive(
                     handshake,
                     received,
                 } => {
+                    // What is queued for the client must not wait on the link.
+                    flush_to_client(ws, slow, &mut session, &mut unflushed).await;
                     let opened = fe
                         .links
                         .open(
@@ -324,6 +331,7 @@ async fn drive(
                     payload,
                     received,
                 } => {
+                    flush_to_client(ws, slow, &mut session, &mut unflushed).await;
                     let sent = match session.handle(tunnel) {
                         Some(h) => h.send(payload, received).await,
                         None => Ok(()),
@@ -334,6 +342,7 @@ async fn drive(
                 }
                 ConnAction::CloseVaultSide { handle, code } => handle.close(code),
                 ConnAction::CheckDevice => {
+                    flush_to_client(ws, slow, &mut session, &mut unflushed).await;
                     let dir = fe.directory.clone();
                     let account = session.account().clone();
                     let status =
@@ -347,6 +356,20 @@ async fn drive(
                 // Dropping the session closes every tunnel's vault side.
                 ConnAction::Finish(code) => return code,
             }
+        }
+        if unflushed {
+            // Vault frames already waiting join this write (a bounded
+            // number, so a busy tunnel cannot hold the flush back).
+            if coalesced < MAX_COALESCED {
+                if let Ok(ev) = events_rx.try_recv() {
+                    coalesced += 1;
+                    session.on_vault_event(Instant::now(), ev);
+                    continue;
+                }
+            }
+            coalesced = 0;
+            flush_to_client(ws, slow, &mut session, &mut unflushed).await;
+            continue;
         }
         let wake = session.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -363,6 +386,27 @@ async fn drive(
                 session.on_shutdown(Instant::now(), level);
             }
         }
+    }
+}
+
+/// Most vault frames gathered into one write to the client.
+const MAX_COALESCED: usize = 64;
+
+/// Writes out what is queued for the client, if anything, within the
+/// slow-consumer deadline.
+async fn flush_to_client(
+    ws: &mut Ws,
+    slow: Duration,
+    session: &mut ClientSession<TunnelHandle>,
+    unflushed: &mut bool,
+) {
+    if !std::mem::take(unflushed) {
+        return;
+    }
+    match tokio::time::timeout(slow, ws.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => session.on_client_gone(),
+        Err(_) => session.on_send_stalled(),
     }
 }
 

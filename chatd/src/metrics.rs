@@ -2,8 +2,44 @@
 //! table that `ops/grafana/` and `ops/prometheus/` are checked against.
 //! Registered at start-up by [`service_kit::admin::install_metrics`].
 
+use std::sync::OnceLock;
+
+use metrics::{Counter, Histogram};
 use protocol_spec::codes::{CloseCode, TunnelCloseCode};
 use service_kit::metrics::{build_info, MetricDef};
+
+/// The relay's per-frame metrics as handles, looked up once: finding a
+/// metric by name and labels hashes the key and takes the registry's lock,
+/// which on every frame was a visible part of the relay's cost.
+pub(crate) struct RelayMetrics {
+    pub(crate) from_client_frames: Counter,
+    pub(crate) to_client_frames: Counter,
+    pub(crate) to_client_bytes: Counter,
+    pub(crate) to_client_seconds: Histogram,
+    pub(crate) to_vault_opens: Counter,
+    pub(crate) to_vault_data: Counter,
+    pub(crate) to_vault_closes: Counter,
+    pub(crate) to_vault_bytes: Counter,
+    pub(crate) to_vault_seconds: Histogram,
+}
+
+/// The relay's handles. The first call resolves them against the
+/// recorder installed then: `chatd` installs its recorder before it
+/// accepts a connection or opens a link.
+pub(crate) fn relay() -> &'static RelayMetrics {
+    static RELAY: OnceLock<RelayMetrics> = OnceLock::new();
+    RELAY.get_or_init(|| RelayMetrics {
+        from_client_frames: metrics::counter!("chatd_relay_frames_total", "direction" => "from_client"),
+        to_client_frames: metrics::counter!("chatd_relay_frames_total", "direction" => "to_client"),
+        to_client_bytes: metrics::counter!("chatd_relay_bytes_total", "direction" => "to_client"),
+        to_client_seconds: metrics::histogram!("chatd_relay_seconds", "direction" => "to_client"),
+        to_vault_opens: metrics::counter!("chatd_relay_frames_total", "direction" => "to_vault", "kind" => "open"),
+        to_vault_data: metrics::counter!("chatd_relay_frames_total", "direction" => "to_vault", "kind" => "data"),
+        to_vault_closes: metrics::counter!("chatd_relay_frames_total", "direction" => "to_vault", "kind" => "close"),
+        to_vault_bytes: metrics::counter!("chatd_relay_bytes_total", "direction" => "to_vault"),
+        to_vault_seconds: metrics::histogram!("chatd_relay_seconds", "direction" => "to_vault"),
+    })
+}
 
 fn close_labels() -> Vec<&'static str> {
     CloseCode::ALL.iter().map(|c| c.label()).collect()

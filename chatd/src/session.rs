@@ -248,7 +248,7 @@ impl<H> ClientSession<H> {
         let Ok(frame) = frame else {
             return self.finish(Some(CloseCode::ProtocolError));
         };
-        metrics::counter!("chatd_relay_frames_total", "direction" => "from_client").increment(1);
+        crate::metrics::relay().from_client_frames.increment(1);
         match frame {
             ClientFrame::TunnelOpen { tunnel, handshake } => {
                 self.open(now, tunnel, handshake, budget)
@@ -366,9 +366,9 @@ impl<H> ClientSession<H> {
                 };
                 entry.awaiting = false;
                 self.send(ServerFrame::TunnelData { tunnel, payload });
-                metrics::counter!("chatd_relay_frames_total", "direction" => "to_client")
-                    .increment(1);
-                metrics::histogram!("chatd_relay_seconds", "direction" => "to_client")
+                let m = crate::metrics::relay();
+                m.to_client_frames.increment(1);
+                m.to_client_seconds
                     .record(now.saturating_duration_since(received).as_secs_f64());
             }
             ConnEvent::Close { tunnel, code } => {

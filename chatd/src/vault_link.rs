@@ -23,8 +23,8 @@ use protocol_spec::limits::{MAX_FRAME, MAX_LINK_RECORD};
 use protocol_spec::messages::link::{LinkFrame, LinkHello, LinkWelcome, VaultLinkFrame};
 use protocol_spec::messages::WireMessage;
 use protocol_spec::noise::{Initiator, Transport};
-use service_kit::records::{read_record, write_record, RecordError};
-use tokio::io::AsyncWriteExt;
+use service_kit::records::{gather_ready, read_record, write_record, RecordError, RecordReader};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -278,43 +278,65 @@ pub(crate) async fn connect_link(
     Ok((link, welcome))
 }
 
-async fn write_frames(
-    mut w: tokio::net::tcp::OwnedWriteHalf,
+/// Most bytes one batch gathers before it is written: frames queued
+/// together leave in one write, without letting one write grow unbounded.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Writes frames to the vault: everything queued when the writer wakes is
+/// sealed into one buffer, under one lock of the transport, and leaves in
+/// one write.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut w: W,
     transport: SharedTransport,
     mut rx: mpsc::Receiver<(LinkFrame, Instant)>,
 ) {
-    while let Some((frame, received)) = rx.recv().await {
-        let (bytes, direction_label) = match &frame {
-            LinkFrame::Data { payload, .. } => (payload.len(), "data"),
-            LinkFrame::Open { handshake, .. } => (handshake.len(), "open"),
-            LinkFrame::Close { .. } => (0, "close"),
+    let m = crate::metrics::relay();
+    let mut batch = Vec::with_capacity(16 * 1024);
+    let mut received_at = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let gathered = {
+            let mut transport = transport.lock();
+            gather_ready(
+                first,
+                &mut rx,
+                &mut batch,
+                WRITE_BATCH_BYTES,
+                |(frame, received), out| {
+                    transport
+                        .seal_into(&frame.encode(), out)
+                        .map_err(std::io::Error::other)?;
+                    let (bytes, kind) = match &frame {
+                        LinkFrame::Data { payload, .. } => (payload.len(), &m.to_vault_data),
+                        LinkFrame::Open { handshake, .. } => (handshake.len(), &m.to_vault_opens),
+                        LinkFrame::Close { .. } => (0, &m.to_vault_closes),
+                    };
+                    kind.increment(1);
+                    m.to_vault_bytes.increment(bytes as u64);
+                    received_at.push(received);
+                    Ok::<_, std::io::Error>(())
+                },
+            )
         };
-        let sealed = match transport.lock().seal(&frame.encode()) {
-            Ok(s) => s,
-            Err(_) => return,
-        };
-        if write_record(&mut w, &sealed).await.is_err() {
+        if gathered.is_err() || w.write_all(&batch).await.is_err() {
             return;
         }
-        if rx.is_empty() && w.flush().await.is_err() {
-            return;
+        batch.clear();
+        for received in received_at.drain(..) {
+            m.to_vault_seconds.record(received.elapsed().as_secs_f64());
         }
-        metrics::counter!("chatd_relay_frames_total", "direction" => "to_vault", "kind" => direction_label).increment(1);
-        metrics::counter!("chatd_relay_bytes_total", "direction" => "to_vault")
-            .increment(bytes as u64);
-        metrics::histogram!("chatd_relay_seconds", "direction" => "to_vault")
-            .record(received.elapsed().as_secs_f64());
     }
 }
 
 async fn read_frames(
-    mut r: tokio::net::tcp::OwnedReadHalf,
+    r: tokio::net::tcp::OwnedReadHalf,
     transport: SharedTransport,
     link: Arc<Link>,
     events: mpsc::UnboundedSender<LinkEvent>,
 ) {
+    let m = crate::metrics::relay();
+    let mut records = RecordReader::new(r, MAX_LINK_RECORD, Duration::from_secs(10));
     loop {
-        let record = match read_record(&mut r, MAX_LINK_RECORD, Duration::from_secs(10)).await {
+        let record = match records.next().await {
             Ok(Some(rec)) => rec,
             Ok(None) => break,
             Err(e) => {
@@ -323,7 +345,7 @@ async fn read_frames(
             }
         };
         let received = Instant::now();
-        let frame = match transport.lock().open(&record, MAX_FRAME) {
+        let frame = match transport.lock().open(record, MAX_FRAME) {
             Ok(plain) => VaultLinkFrame::decode(&plain),
             Err(e) => Err(e),
         };
@@ -335,8 +357,7 @@ async fn read_frames(
             }
         };
         if let VaultLinkFrame::Data { payload, .. } = &frame {
-            metrics::counter!("chatd_relay_bytes_total", "direction" => "to_client")
-                .increment(payload.len() as u64);
+            m.to_client_bytes.increment(payload.len() as u64);
         }
         let outcome = link.tunnels.lock().on_vault_frame(frame, |route, event| {
             let ev = match event {
@@ -411,5 +432,83 @@ mod tests {
         while opens.join_next().await.is_some() {}
         let ids = reader.await.unwrap();
         assert_eq!(ids, (1..=200).collect::<Vec<u64>>());
+    }
+    /// Counts the writes that reach the "socket".
+    #[derive(Default)]
+    struct CountingWriter {
+        bytes: Vec<u8>,
+        writes: usize,
+    }
+
+    impl AsyncWrite for CountingWriter {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.writes += 1;
+            self.bytes.extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Both ends of a link's Noise_KK transport.
+    fn link_pair() -> (Transport, Transport) {
+        let chatd = StaticSecret::from_bytes([1; 32]);
+        let vault = StaticSecret::from_bytes([2; 32]);
+        let (m1, awaiting) = Initiator::link(&chatd, &vault.public_key())
+            .unwrap()
+            .write_first(b"")
+            .unwrap();
+        let first = protocol_spec::noise::Responder::link(&vault, &chatd.public_key())
+            .unwrap()
+            .read_first(&m1)
+            .unwrap();
+        let (m2, vault_side) = first.state.write_response(b"").unwrap();
+        let (_, chatd_side) = awaiting.read_response(&m2).unwrap();
+        (chatd_side, vault_side)
+    }
+
+    /// Frames queued while the writer was busy leave in one write (each
+    /// record used to take two writes of its own), and the vault opens
+    /// them in order from the one buffer.
+    #[tokio::test]
+    async fn frames_queued_together_leave_in_one_write() {
+        let (chatd_side, mut vault_side) = link_pair();
+        let frames: Vec<LinkFrame> = (0..20u64)
+            .map(|i| LinkFrame::Data {
+                tunnel: LinkTunnelId(i + 1),
+                payload: vec![i as u8; 100 + i as usize],
+            })
+            .collect();
+        let (tx, rx) = mpsc::channel(64);
+        for f in &frames {
+            tx.try_send((f.clone(), Instant::now())).unwrap();
+        }
+        drop(tx);
+        let mut w = CountingWriter::default();
+        write_frames(&mut w, Arc::new(Mutex::new(chatd_side)), rx).await;
+        assert_eq!(w.writes, 1, "20 queued frames took {} writes", w.writes);
+        let mut records = RecordReader::new(&w.bytes[..], MAX_LINK_RECORD, Duration::from_secs(1));
+        for f in &frames {
+            let record = records.next().await.unwrap().unwrap();
+            let plain = vault_side.open(record, MAX_FRAME).unwrap();
+            assert!(LinkFrame::decode(&plain).unwrap() == *f);
+        }
+        assert!(records.next().await.unwrap().is_none());
     }
 }
