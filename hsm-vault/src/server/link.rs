@@ -19,10 +19,10 @@ use protocol_spec::limits::{MAX_FRAME, MAX_LINK_RECORD};
 use protocol_spec::messages::link::{LinkFrame, LinkHello, LinkWelcome, VaultLinkFrame};
 use protocol_spec::messages::WireMessage;
 use protocol_spec::noise::{Responder, Transport};
-use service_kit::records::{read_record, write_record};
+use service_kit::records::{gather_ready, read_record, write_record, RecordReader};
 use service_kit::shutdown::Shutdown;
 use service_kit::slots::{AddressSlots, SlotGuard};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
@@ -328,13 +328,14 @@ fn end_session_off_runtime(ctx: &Arc<LinkContext>, tunnel: Box<Tunnel>) {
 }
 
 async fn read_frames(
-    mut r: tokio::net::tcp::OwnedReadHalf,
+    r: tokio::net::tcp::OwnedReadHalf,
     transport: SharedTransport,
     tx: mpsc::Sender<Result<LinkFrame, &'static str>>,
     body_timeout: Duration,
 ) {
+    let mut records = RecordReader::new(r, MAX_LINK_RECORD, body_timeout);
     loop {
-        let record = match read_record(&mut r, MAX_LINK_RECORD, body_timeout).await {
+        let record = match records.next().await {
             Ok(Some(rec)) => rec,
             Ok(None) => return,
             Err(e) => {
@@ -345,7 +346,7 @@ async fn read_frames(
         };
         let frame = transport
             .lock()
-            .open(&record, MAX_FRAME)
+            .open(record, MAX_FRAME)
             .map_err(|_| "frame failed to decrypt")
             .and_then(|plain| LinkFrame::decode(&plain).map_err(|_| "malformed frame"));
         let failed = frame.is_err();
@@ -355,22 +356,36 @@ async fn read_frames(
     }
 }
 
-async fn write_frames(
-    mut w: tokio::net::tcp::OwnedWriteHalf,
+/// Most bytes one batch of frames to chatd gathers before it is written.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
+/// Writes frames to chatd: everything queued when the writer wakes is
+/// sealed into one buffer and leaves in one write.
+async fn write_frames<W: AsyncWrite + Unpin>(
+    mut w: W,
     transport: SharedTransport,
     mut rx: mpsc::Receiver<VaultLinkFrame>,
 ) {
-    while let Some(frame) = rx.recv().await {
-        let sealed = match transport.lock().seal(&frame.encode()) {
-            Ok(s) => s,
-            Err(_) => return,
+    let mut batch = Vec::with_capacity(16 * 1024);
+    while let Some(first) = rx.recv().await {
+        let gathered = {
+            let mut transport = transport.lock();
+            gather_ready(
+                first,
+                &mut rx,
+                &mut batch,
+                WRITE_BATCH_BYTES,
+                |frame, out| {
+                    transport
+                        .seal_into(&frame.encode(), out)
+                        .map_err(std::io::Error::other)
+                },
+            )
         };
-        if write_record(&mut w, &sealed).await.is_err() {
+        if gathered.is_err() || w.write_all(&batch).await.is_err() {
             return;
         }
-        if rx.is_empty() && w.flush().await.is_err() {
-            return;
-        }
+        batch.clear();
     }
     let _ = w.shutdown().await;
 }
