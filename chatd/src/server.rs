@@ -94,6 +94,7 @@ pub async fn run(cfg: ChatdConfig, shutdown: watch::Receiver<Shutdown>) -> Resul
         links: links.clone(),
         shutdown: shutdown.clone(),
         connections: AtomicUsize::new(0),
+        session_limits: Arc::new(conn::session_limits(&cfg)),
     });
 
     let mut admin_shutdown = shutdown.clone();

@@ -18,6 +18,7 @@
 //! closed.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol_spec::codes::{CloseCode, TunnelCloseCode};
@@ -138,7 +139,8 @@ pub struct ClientSession<H> {
     account: AccountId,
     device: PublicKey,
     transport: Transport,
-    limits: SessionLimits,
+    /// Shared by every connection of the process.
+    limits: Arc<SessionLimits>,
     tunnels: HashMap<TunnelId, TunnelEntry<H>>,
     ids: TunnelIdSequence<TunnelId>,
     messages: TokenBucket,
@@ -166,7 +168,7 @@ impl<H> ClientSession<H> {
         account: AccountId,
         device: PublicKey,
         transport: Transport,
-        limits: SessionLimits,
+        limits: Arc<SessionLimits>,
         now: Instant,
     ) -> Self {
         ClientSession {
@@ -189,6 +191,17 @@ impl<H> ClientSession<H> {
 
     pub fn account(&self) -> &AccountId {
         &self.account
+    }
+
+    /// The device key the connection authenticated with.
+    pub fn device(&self) -> &PublicKey {
+        &self.device
+    }
+
+    /// Drops every tunnel, which closes its vault side: for a connection
+    /// that has ended, before its close handshake.
+    pub fn drop_tunnels(&mut self) {
+        self.tunnels.clear();
     }
 
     /// The vault side of an open tunnel.

@@ -71,7 +71,7 @@ fn harness_with(limits: SessionLimits) -> Harness {
             AccountId::new("alice").unwrap(),
             device.public_key(),
             server,
-            limits,
+            std::sync::Arc::new(limits),
             t0,
         ),
         t0,
