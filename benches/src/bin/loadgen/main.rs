@@ -5,6 +5,7 @@
 
 mod bare_ws;
 mod phases;
+mod relay;
 mod report;
 mod stack;
 
@@ -43,6 +44,14 @@ before the clock starts, so the client's half of the work in the timed part is s
 vault (the account has a registered password, so Status unseals a record in the HSM), with \
 --tunnel-concurrency connections at once; reports the rate and the vault's and chatd's CPU per \
 cycle, and the vault's cycles per CPU-second as a ratio to the bare Noise_NK responder.
+  relay      --relay-frames frames of --relay-frame-bytes echoed through a second chatd, whose \
+links go to an echo vault in this process (it speaks the link protocol and sends every tunnel \
+frame back), over --relay-connections connections with --relay-window frames in flight each; \
+then the same frames through nginx (the Debian package nginx-light, one process, WebSocket \
+proxy_pass) to a WebSocket echo in this process. Reports each server's CPU per frame, frames per \
+core-second and, where `perf stat` can count the raw_syscalls:sys_enter tracepoint, system calls \
+per frame; the ratio is chatd's frames per core-second to nginx's. Without nginx the phase \
+reports chatd alone.
 
 Every phase is bounded: a fixed number of connections or operations, and --phase-timeout-secs. \
 All traffic stays on 127.0.0.0/8; client sockets are spread over 127.0.0.2.. (--source-ips) so \
@@ -87,6 +96,23 @@ pub(crate) struct Args {
     /// Connections running tunnel cycles at the same time.
     #[arg(long, default_value_t = 8, value_name = "C")]
     pub(crate) tunnel_concurrency: usize,
+
+    /// Frames echoed through chatd (to an echo vault) and through nginx (to a WebSocket echo) in
+    /// the relay phase (0 skips it).
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub(crate) relay_frames: usize,
+
+    /// Connections in the relay phase, one tunnel each.
+    #[arg(long, default_value_t = 32, value_name = "C")]
+    pub(crate) relay_connections: usize,
+
+    /// Frames each relay connection keeps in flight.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub(crate) relay_window: usize,
+
+    /// Payload bytes per relayed frame.
+    #[arg(long, default_value_t = 1024, value_name = "BYTES")]
+    pub(crate) relay_frame_bytes: usize,
 
     /// Seconds to wait after opening the idle connections before reading RSS; chatd's idle CPU
     /// is then sampled over as many seconds again.
@@ -276,10 +302,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
         report.tunnel = Some(tunnel_phase(args, &rt, &stack, phase_limit, ticks)?);
     }
 
+    if args.relay_frames > 0 {
+        report.relay = Some(relay::relay_phase(args, &rt, phase_limit, ticks)?);
+    }
+
     print_report(args, &report, &stack);
     let failed = report.idle.as_ref().is_some_and(|i| i.failures > 0)
         || report.handshake.as_ref().is_some_and(|h| h.failures > 0)
-        || report.tunnel.as_ref().is_some_and(|t| t.failures > 0);
+        || report.tunnel.as_ref().is_some_and(|t| t.failures > 0)
+        || report.relay.as_ref().is_some_and(|r| r.chatd.failures > 0);
     if failed {
         print_log_problems("chatd", &stack.chatd_proc.log());
         print_log_problems("hsm-vault", &stack.vault_proc.log());

@@ -5,6 +5,7 @@ use e2ebk_benches::noise::BareCost;
 use e2ebk_benches::procfs;
 
 use crate::phases::{IdleResult, RateResult, TunnelResult};
+use crate::relay::{RelayResult, RelayRun};
 use crate::stack::Stack;
 use crate::{mib, Args};
 
@@ -17,6 +18,7 @@ pub(crate) struct Report {
     pub(crate) bare_ws: Option<IdleResult>,
     pub(crate) handshake: Option<RateResult>,
     pub(crate) tunnel: Option<TunnelResult>,
+    pub(crate) relay: Option<RelayResult>,
 }
 
 pub(crate) fn print_report(args: &Args, r: &Report, stack: &Stack) {
@@ -165,5 +167,49 @@ pub(crate) fn print_report(args: &Args, r: &Report, stack: &Stack) {
                 (1.0 / vault_per_cycle.max(1e-12)) / nk.per_core_sec()
             );
         }
+    }
+    if let Some(r) = &r.relay {
+        print_relay(args, r);
+    }
+}
+
+fn print_relay(args: &Args, r: &RelayResult) {
+    println!();
+    println!(
+        "relay: {}-byte frames echoed, {} connections, {} in flight each (a frame is one round trip)",
+        args.relay_frame_bytes, args.relay_connections, args.relay_window
+    );
+    let row = |name: &str, run: &RelayRun| {
+        println!(
+            "  {name:<8} {:>8} frames {:>3} failed {:>8.0} frames/s {:>7.1} µs CPU/frame {:>8.0} frames/core-s {:>7} syscalls/frame{}",
+            run.frames,
+            run.failures,
+            run.wall_rate(),
+            run.cpu_per_frame() * 1e6,
+            run.per_core_sec(),
+            run.syscalls_per_frame()
+                .map_or_else(|| "n/a".to_string(), |s| format!("{s:.2}")),
+            run.first_error
+                .as_deref()
+                .map(|e| format!(" (first failure: {e})"))
+                .unwrap_or_default()
+        );
+    };
+    row("chatd", &r.chatd);
+    match &r.nginx {
+        Ok(n) => {
+            row("nginx", n);
+            println!(
+                "  ratio chatd / nginx, frames per core-second {:>6.2}x",
+                r.chatd.per_core_sec() / n.per_core_sec().max(1e-12)
+            );
+            if let (Some(c), Some(n)) = (r.chatd.syscalls_per_frame(), n.syscalls_per_frame()) {
+                println!(
+                    "  ratio chatd / nginx, syscalls per frame     {:>6.2}x",
+                    c / n.max(1e-12)
+                );
+            }
+        }
+        Err(e) => println!("  nginx    not measured: {e}"),
     }
 }

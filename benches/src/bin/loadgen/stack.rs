@@ -30,21 +30,11 @@ impl Stack {
         let vault = VaultFixture::init(VaultOptions::default());
         let vault_proc = vault.spawn();
         let max_connections = args.connections.max(args.handshakes) + 256;
-        // Limits raised for load: one source range, one account, many
-        // connections, many frames; idle connections must not time out
-        // (pings are only answered when a client reads).
-        let limits = "handshakes_per_ip_per_sec = 1000000.0\n\
-                      handshake_burst = 1000000.0\n\
-                      max_connections_per_account = 100000\n\
-                      messages_per_sec = 100000.0\n\
-                      message_burst = 100000.0\n\
-                      vault_ops_per_minute = 100000000\n\
-                      idle_timeout_secs = 3600\n";
         let chatd = ChatdFixture::new(
             &vault,
             &[vault_proc.link_addr],
             ChatdOptions {
-                extra_limits: limits.into(),
+                extra_limits: load_limits(),
                 extra_listen: format!("max_connections = {max_connections}"),
                 port: 0,
             },
@@ -58,13 +48,7 @@ impl Stack {
             chatd_key: chatd.static_key,
             account: account.clone(),
         };
-        rt.block_on(async {
-            let c = Connection::connect(&ep, &device, Some(code))
-                .await
-                .map_err(|e| anyhow!("enrolling the load device: {e}"))?;
-            c.close().await;
-            anyhow::Ok(())
-        })?;
+        rt.block_on(enrol(&ep, &device, code))?;
         Ok(Stack {
             vault,
             vault_proc,
@@ -104,6 +88,33 @@ impl Stack {
         }
         progress("chatd still reports open connections; continuing");
     }
+}
+
+/// chatd's `[limits]` raised for load: one source range, one account, many
+/// connections, many frames; idle connections must not time out (pings
+/// are only answered when a client reads).
+pub(crate) fn load_limits() -> String {
+    "handshakes_per_ip_per_sec = 1000000.0\n\
+     handshake_burst = 1000000.0\n\
+     max_connections_per_account = 100000\n\
+     messages_per_sec = 100000.0\n\
+     message_burst = 100000.0\n\
+     vault_ops_per_minute = 100000000\n\
+     idle_timeout_secs = 3600\n"
+        .into()
+}
+
+/// Enrols `device` at the chatd of `ep` with a one-time code.
+pub(crate) async fn enrol(
+    ep: &Endpoint,
+    device: &StaticSecret,
+    code: EnrolmentCode,
+) -> anyhow::Result<()> {
+    let c = Connection::connect(ep, device, Some(code))
+        .await
+        .map_err(|e| anyhow!("enrolling the load device: {e}"))?;
+    c.close().await;
+    Ok(())
 }
 
 /// Shows the warnings and errors a server logged (the first few), to
