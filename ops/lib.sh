@@ -39,8 +39,9 @@ RUNTIME_PACKAGES=(softhsm2 opensc)
 
 # What the deployment checks and the tests of ops/ need besides that:
 # promtool (Debian's prometheus), HAProxy as a real PROXY protocol sender,
-# systemd-analyze (systemd, on every Debian).
-TEST_PACKAGES=(prometheus haproxy systemd)
+# systemd-analyze (systemd, on every Debian), nginx (nginx-light) as the
+# relay reference loadgen measures chatd against.
+TEST_PACKAGES=(prometheus haproxy systemd nginx-light)
 
 # Tools from PyPI and npm live in target/ops-tools (git-ignored, next to
 # the build): a virtualenv with moto (an S3 server), kubernetes-validate and
