@@ -26,6 +26,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::latency::Latencies;
+
 /// A client WebSocket over plain TCP.
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -171,6 +173,8 @@ pub struct Opened<T> {
     pub first_error: Option<String>,
     /// From the first attempt to the last completion.
     pub elapsed: Duration,
+    /// How long each successful connect took.
+    pub latencies: Latencies,
 }
 
 /// Runs `connect` once for every item with at most `concurrency` in flight
@@ -194,6 +198,7 @@ where
         Arc::new(Mutex::new(items.into_iter().enumerate().collect()));
     let held: Arc<Mutex<Vec<T>>> = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let errors: Arc<Mutex<(usize, Option<String>)>> = Arc::new(Mutex::new((0, None)));
+    let latencies: Arc<Mutex<Latencies>> = Arc::default();
     let connect = Arc::new(connect);
     let sources: Arc<Vec<IpAddr>> = Arc::new(if sources.is_empty() {
         vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
@@ -204,24 +209,30 @@ where
     let deadline = tokio::time::Instant::from_std(deadline);
     let mut tasks = Vec::new();
     for _ in 0..concurrency.clamp(1, total.max(1)) {
-        let (queue, held, errors, connect, sources) = (
+        let (queue, held, errors, connect, sources, all_latencies) = (
             queue.clone(),
             held.clone(),
             errors.clone(),
             connect.clone(),
             sources.clone(),
+            latencies.clone(),
         );
         tasks.push(tokio::spawn(async move {
+            let mut latencies = Latencies::new();
             loop {
                 let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                 let Some((i, item)) = next else { break };
                 let src = sources[i % sources.len()];
+                let began = Instant::now();
                 let outcome = match tokio::time::timeout_at(deadline, connect(src, item)).await {
                     Ok(r) => r,
                     Err(_) => Err("deadline reached".into()),
                 };
                 match outcome {
-                    Ok(t) => held.lock().unwrap_or_else(|p| p.into_inner()).push(t),
+                    Ok(t) => {
+                        latencies.record(began.elapsed());
+                        held.lock().unwrap_or_else(|p| p.into_inner()).push(t);
+                    }
                     Err(e) => {
                         let mut errs = errors.lock().unwrap_or_else(|p| p.into_inner());
                         errs.0 += 1;
@@ -232,6 +243,10 @@ where
                     break;
                 }
             }
+            all_latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .merge(&latencies);
         }));
     }
     for t in tasks {
@@ -243,10 +258,12 @@ where
         std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
     // Items never attempted because the deadline came first.
     failures += queue.lock().unwrap_or_else(|p| p.into_inner()).len();
+    let latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
     Opened {
         held,
         failures,
         first_error,
         elapsed,
+        latencies,
     }
 }

@@ -53,6 +53,11 @@ core-second and, where `perf stat` can count the raw_syscalls:sys_enter tracepoi
 per frame; the ratio is chatd's frames per core-second to nginx's. Without nginx the phase \
 reports chatd alone.
 
+Latencies (connect to authenticated, each tunnel cycle, each relayed frame's round trip) are \
+HDR histograms, reported as p50 / p90 / p99 / p99.9 / max. --json FILE also writes every figure, \
+its same-run reference and the ratio as one JSON document. loadgen exits with status 1 when any \
+operation failed.
+
 Every phase is bounded: a fixed number of connections or operations, and --phase-timeout-secs. \
 All traffic stays on 127.0.0.0/8; client sockets are spread over 127.0.0.2.. (--source-ips) so \
 ephemeral ports never run out. One process holds at most one phase's connections at a time; the \
@@ -118,6 +123,10 @@ pub(crate) struct Args {
     /// is then sampled over as many seconds again.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub(crate) settle_secs: u64,
+
+    /// Also write the results as one JSON document to FILE (`-` for stdout, after the table).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json: Option<std::path::PathBuf>,
 
     /// Skip the bare tokio-tungstenite server (the per-connection memory reference).
     #[arg(long)]
@@ -282,6 +291,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
             move |src, p| connect_authenticated(src, addr, p),
         ));
         let (c1, l1) = (cpu(pid), cpu(std::process::id()));
+        let mut opened = opened;
+        let latencies = std::mem::take(&mut opened.latencies);
         report.handshake = Some(RateResult {
             ok: opened.held.len(),
             failures: opened.failures,
@@ -289,6 +300,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             elapsed: opened.elapsed,
             chatd_cpu: c1.saturating_sub(c0),
             loadgen_cpu: l1.saturating_sub(l0),
+            latencies,
         });
         rt.block_on(async move { drop(opened) });
         stack.wait_drained(Duration::from_secs(60));
@@ -307,13 +319,26 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
 
     print_report(args, &report, &stack);
-    let failed = report.idle.as_ref().is_some_and(|i| i.failures > 0)
-        || report.handshake.as_ref().is_some_and(|h| h.failures > 0)
-        || report.tunnel.as_ref().is_some_and(|t| t.failures > 0)
-        || report.relay.as_ref().is_some_and(|r| r.chatd.failures > 0);
-    if failed {
+    if let Some(path) = &args.json {
+        let doc = report::to_json(args, &report, &procfs::cpu_pressure_note());
+        let text = serde_json::to_string_pretty(&doc).context("encode the JSON report")?;
+        if path.as_os_str() == "-" {
+            println!("{text}");
+        } else {
+            std::fs::write(path, text + "\n")
+                .with_context(|| format!("write the JSON report to {}", path.display()))?;
+        }
+    }
+    let failed = report.idle.as_ref().map_or(0, |i| i.failures)
+        + report.handshake.as_ref().map_or(0, |h| h.failures)
+        + report.tunnel.as_ref().map_or(0, |t| t.failures)
+        + report.relay.as_ref().map_or(0, |r| {
+            r.chatd.failures + r.nginx.as_ref().map_or(0, |n| n.failures)
+        });
+    if failed > 0 {
         print_log_problems("chatd", &stack.chatd_proc.log());
         print_log_problems("hsm-vault", &stack.vault_proc.log());
+        bail!("{failed} operations failed (the table above says where, with the first error)");
     }
     Ok(())
 }

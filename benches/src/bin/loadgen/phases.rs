@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use backup_client::connection::Connection;
 use backup_client::vault_flow::{self, PasswordRegistration};
+use e2ebk_benches::latency::Latencies;
 use e2ebk_benches::load::Opened;
 use e2ebk_benches::procfs;
 use protocol_spec::messages::vault::{RegistrationMode, VaultRequest, VaultResponse};
@@ -45,6 +46,8 @@ pub(crate) struct RateResult {
     pub(crate) elapsed: Duration,
     pub(crate) chatd_cpu: Duration,
     pub(crate) loadgen_cpu: Duration,
+    /// Each connection's TCP connect, upgrade and Noise handshake.
+    pub(crate) latencies: Latencies,
 }
 
 impl RateResult {
@@ -52,8 +55,9 @@ impl RateResult {
         self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    pub(crate) fn per_chatd_cpu_sec(&self) -> f64 {
-        self.ok as f64 / self.chatd_cpu.as_secs_f64().max(1e-9)
+    /// `None` when chatd used less than one clock tick of CPU.
+    pub(crate) fn per_chatd_cpu_sec(&self) -> Option<f64> {
+        (!self.chatd_cpu.is_zero()).then(|| self.ok as f64 / self.chatd_cpu.as_secs_f64())
     }
 }
 
@@ -65,6 +69,15 @@ pub(crate) struct TunnelResult {
     pub(crate) elapsed: Duration,
     pub(crate) vault_cpu: Duration,
     pub(crate) chatd_cpu: Duration,
+    /// Each whole cycle: open, Status, close.
+    pub(crate) latencies: Latencies,
+}
+
+impl TunnelResult {
+    /// Cycles per CPU-second of the vault; `None` under one clock tick.
+    pub(crate) fn per_vault_cpu_sec(&self) -> Option<f64> {
+        (!self.vault_cpu.is_zero()).then(|| self.ok as f64 / self.vault_cpu.as_secs_f64())
+    }
 }
 
 /// Waits for the connections to settle, reads the server's RSS, samples
@@ -174,7 +187,7 @@ pub(crate) fn tunnel_phase(
     let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let deadline = Instant::now() + limit;
     let t0 = Instant::now();
-    rt.block_on(async {
+    let latencies = rt.block_on(async {
         let mut tasks = Vec::new();
         for mut c in conns {
             let (claimed, done, failed, first_error, fleet) = (
@@ -185,6 +198,7 @@ pub(crate) fn tunnel_phase(
                 fleet.clone(),
             );
             tasks.push(tokio::spawn(async move {
+                let mut latencies = Latencies::new();
                 let mut consecutive_failures = 0;
                 while claimed.fetch_add(1, Ordering::SeqCst) < total && Instant::now() < deadline {
                     let cycle = async {
@@ -203,12 +217,14 @@ pub(crate) fn tunnel_phase(
                             .await
                             .map_err(|e| format!("close tunnel: {e}"))
                     };
+                    let began = Instant::now();
                     let outcome = match tokio::time::timeout(Duration::from_secs(30), cycle).await {
                         Ok(r) => r,
                         Err(_) => Err("a cycle took over 30 s".into()),
                     };
                     match outcome {
                         Ok(()) => {
+                            latencies.record(began.elapsed());
                             done.fetch_add(1, Ordering::SeqCst);
                             consecutive_failures = 0;
                         }
@@ -229,11 +245,16 @@ pub(crate) fn tunnel_phase(
                     }
                 }
                 c.close().await;
+                latencies
             }));
         }
+        let mut all = Latencies::new();
         for t in tasks {
-            let _ = t.await;
+            if let Ok(l) = t.await {
+                all.merge(&l);
+            }
         }
+        all
     });
     let elapsed = t0.elapsed();
     let (v1, c1) = (cpu(vpid), cpu(cpid));
@@ -248,5 +269,6 @@ pub(crate) fn tunnel_phase(
         elapsed,
         vault_cpu: v1.saturating_sub(v0),
         chatd_cpu: c1.saturating_sub(c0),
+        latencies,
     })
 }

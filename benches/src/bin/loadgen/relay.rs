@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use backup_client::connection::Endpoint;
+use e2ebk_benches::latency::Latencies;
 use e2ebk_benches::load::{self, connect_authenticated, ws_connect, Held};
 use e2ebk_benches::{noise, procfs};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -52,15 +53,19 @@ pub(crate) struct RelayRun {
     pub(crate) elapsed: Duration,
     pub(crate) cpu: Duration,
     pub(crate) syscalls: Option<u64>,
+    /// Each frame's round trip, from its send to its echo.
+    pub(crate) latencies: Latencies,
 }
 
 impl RelayRun {
-    pub(crate) fn cpu_per_frame(&self) -> f64 {
-        self.cpu.as_secs_f64() / self.frames.max(1) as f64
+    /// `None` when the server used less than one clock tick of CPU (a run
+    /// too short to measure).
+    pub(crate) fn cpu_per_frame(&self) -> Option<f64> {
+        (!self.cpu.is_zero()).then(|| self.cpu.as_secs_f64() / self.frames.max(1) as f64)
     }
 
-    pub(crate) fn per_core_sec(&self) -> f64 {
-        1.0 / self.cpu_per_frame().max(1e-12)
+    pub(crate) fn per_core_sec(&self) -> Option<f64> {
+        self.cpu_per_frame().map(|c| 1.0 / c)
     }
 
     pub(crate) fn wall_rate(&self) -> f64 {
@@ -193,7 +198,7 @@ pub(crate) fn relay_phase(
 fn measure<F, Fut>(rt: &Runtime, pid: u32, ticks: u64, limit: Duration, start: F) -> RelayRun
 where
     F: FnOnce(Instant) -> Vec<Fut>,
-    Fut: std::future::Future<Output = Result<usize, String>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<Latencies, String>> + Send + 'static,
 {
     let deadline = Instant::now() + limit;
     let tasks = start(deadline);
@@ -221,7 +226,10 @@ where
     };
     for o in outcomes {
         match o {
-            Ok(n) => run.frames += n,
+            Ok(l) => {
+                run.frames += l.count() as usize;
+                run.latencies.merge(&l);
+            }
             Err(e) => {
                 run.failures += 1;
                 run.first_error.get_or_insert(e);
@@ -239,7 +247,7 @@ async fn echo_through_chatd(
     window: usize,
     payload: &[u8],
     deadline: Instant,
-) -> Result<usize, String> {
+) -> Result<Latencies, String> {
     let Held {
         mut ws,
         mut transport,
@@ -268,8 +276,12 @@ async fn echo_through_chatd(
         }
     }
     let (mut sent, mut got) = (0, 0);
+    let mut latencies = Latencies::new();
+    // Echoes come back in order on one tunnel: the oldest send is theirs.
+    let mut in_flight = std::collections::VecDeque::with_capacity(window.max(1));
     while got < frames {
         while sent < frames && sent - got < window.max(1) {
+            in_flight.push_back(Instant::now());
             let frame = ClientFrame::TunnelData {
                 tunnel,
                 payload: payload.to_vec(),
@@ -286,7 +298,12 @@ async fn echo_through_chatd(
         };
         let plain = transport.open(&b, MAX_FRAME).map_err(|e| e.to_string())?;
         match ServerFrame::decode(&plain).map_err(|e| e.to_string())? {
-            ServerFrame::TunnelData { payload: p, .. } if p.len() == payload.len() => got += 1,
+            ServerFrame::TunnelData { payload: p, .. } if p.len() == payload.len() => {
+                got += 1;
+                if let Some(at) = in_flight.pop_front() {
+                    latencies.record(at.elapsed());
+                }
+            }
             ServerFrame::TunnelData { payload: p, .. } => {
                 return Err(format!("echo of {} bytes, sent {}", p.len(), payload.len()))
             }
@@ -296,7 +313,7 @@ async fn echo_through_chatd(
         }
     }
     let _ = ws.close(None).await;
-    Ok(got)
+    Ok(latencies)
 }
 
 /// The next binary message from chatd (`None` for other kinds).
@@ -321,11 +338,14 @@ async fn echo_through_nginx(
     window: usize,
     payload: &[u8],
     deadline: Instant,
-) -> Result<usize, String> {
+) -> Result<Latencies, String> {
     let deadline = tokio::time::Instant::from_std(deadline);
     let (mut sent, mut got) = (0, 0);
+    let mut latencies = Latencies::new();
+    let mut in_flight = std::collections::VecDeque::with_capacity(window.max(1));
     while got < frames {
         while sent < frames && sent - got < window.max(1) {
+            in_flight.push_back(Instant::now());
             ws.feed(Message::Binary(payload.to_vec().into()))
                 .await
                 .map_err(|e| format!("send: {e}"))?;
@@ -333,7 +353,12 @@ async fn echo_through_nginx(
         }
         ws.flush().await.map_err(|e| format!("send: {e}"))?;
         match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(Message::Binary(b)))) if b.len() == payload.len() => got += 1,
+            Ok(Some(Ok(Message::Binary(b)))) if b.len() == payload.len() => {
+                got += 1;
+                if let Some(at) = in_flight.pop_front() {
+                    latencies.record(at.elapsed());
+                }
+            }
             Ok(Some(Ok(Message::Binary(b)))) => {
                 return Err(format!("echo of {} bytes, sent {}", b.len(), payload.len()))
             }
@@ -344,7 +369,7 @@ async fn echo_through_nginx(
         }
     }
     let _ = ws.close(None).await;
-    Ok(got)
+    Ok(latencies)
 }
 
 /// A stand-in vault replica on 127.0.0.1: answers chatd's Noise_KK link
