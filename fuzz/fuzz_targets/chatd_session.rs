@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
         account.clone(),
         device.public_key(),
         server,
-        SessionLimits {
+        std::sync::Arc::new(SessionLimits {
             max_frame_len: 4096,
             max_tunnels: 3,
             messages_per_sec: 50.0,
@@ -82,7 +82,7 @@ fuzz_target!(|data: &[u8]| {
             idle_timeout: Duration::from_secs(60),
             drain_deadline: Duration::from_secs(20),
             revocation_check: Duration::from_secs(30),
-        },
+        }),
         t0,
     );
     let mut highest = 0u32;
