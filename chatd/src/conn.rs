@@ -341,19 +341,11 @@ async fn drive(
             match action {
                 ConnAction::ToClient(bytes) => {
                     let queued = ws.feed(Message::Binary(bytes.into()));
-                    match tokio::time::timeout(slow, queued).await {
-                        Ok(Ok(())) => unflushed = true,
-                        Ok(Err(_)) => session.on_client_gone(),
-                        Err(_) => session.on_send_stalled(),
-                    }
+                    unflushed |= client_write(session, tokio::time::timeout(slow, queued).await);
                 }
                 ConnAction::Ping => {
                     let queued = ws.feed(Message::Ping(Vec::new().into()));
-                    match tokio::time::timeout(slow, queued).await {
-                        Ok(Ok(())) => unflushed = true,
-                        Ok(Err(_)) => session.on_client_gone(),
-                        Err(_) => session.on_send_stalled(),
-                    }
+                    unflushed |= client_write(session, tokio::time::timeout(slow, queued).await);
                 }
                 ConnAction::OpenTunnel {
                     tunnel,
@@ -503,13 +495,27 @@ async fn flush_to_client(
     session: &mut ClientSession<TunnelHandle>,
     unflushed: &mut bool,
 ) {
-    if !std::mem::take(unflushed) {
-        return;
+    if std::mem::take(unflushed) {
+        client_write(session, tokio::time::timeout(slow, ws.flush()).await);
     }
-    match tokio::time::timeout(slow, ws.flush()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => session.on_client_gone(),
-        Err(_) => session.on_send_stalled(),
+}
+
+/// Tells the session how a write to the client within the slow-consumer
+/// deadline went; true when it went through.
+fn client_write(
+    session: &mut ClientSession<TunnelHandle>,
+    outcome: Result<Result<(), WsError>, tokio::time::error::Elapsed>,
+) -> bool {
+    match outcome {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => {
+            session.on_client_gone();
+            false
+        }
+        Err(_) => {
+            session.on_send_stalled();
+            false
+        }
     }
 }
 
